@@ -1,0 +1,11 @@
+//! pagerelay delivers Messenger send jobs from RabbitMQ through rate-limited Graph API batches.
+//!
+//! # Layout
+//!
+//! The modules follow the data flow (see `DESIGN.md` in the repository's shared notes):
+//!
+//! - [`config`]: settings, layered from defaults, a TOML file and the environment, validated once.
+//! - [`telemetry`]: logging set-up.
+
+pub mod config;
+pub mod telemetry;
