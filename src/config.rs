@@ -1425,3 +1425,307 @@ impl Settings {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    const TOKEN: &str = "EAAGm0PX4ZCpsBAKZC-very-secret-token";
+    const APP_SECRET: &str = "d3adb33f-app-secret";
+
+    /// Writes `text` to a fresh file in a temporary directory; returns the directory (kept alive
+    /// by the caller) and the file's path.
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        (dir, path)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_text(text: &str, env_pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let (_dir, path) = file("pagerelay.toml", text);
+        Settings::load(&LoadOptions {
+            file: Some(path),
+            env: env(env_pairs),
+        })
+    }
+
+    fn error_of(text: &str) -> String {
+        load_text(text, &[("TOKEN_1", TOKEN)])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn default_toml_is_accepted_and_matches_the_built_in_defaults() {
+        let shipped = Settings::load(&LoadOptions {
+            file: Some(PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/default.toml"
+            ))),
+            env: HashMap::new(),
+        })
+        .expect("config/default.toml loads");
+        let built_in = Settings::load(&LoadOptions::default()).unwrap();
+        assert_eq!(shipped.to_redacted_toml(), built_in.to_redacted_toml());
+        assert_eq!(built_in.amqp.prefetch, 1000);
+        assert_eq!(built_in.graph.batch_size, 50);
+        assert_eq!(built_in.graph.linger, Duration::from_millis(10));
+        assert_eq!(built_in.retry.tiers.len(), 6);
+        assert!(built_in.pages.is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Settings::load(&LoadOptions {
+            file: Some(PathBuf::from("/nonexistent/pagerelay.toml")),
+            env: HashMap::new(),
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/pagerelay.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_toml_names_the_line() {
+        let err = error_of("[amqp]\nprefetch = \n");
+        assert!(err.contains("invalid TOML at line 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = error_of("[amqp]\nprefetchh = 10\n");
+        assert!(err.contains("unknown field `prefetchh`"), "{err}");
+        assert!(err.contains("amqp"), "{err}");
+        let err = error_of("[pipeline]\nlane_capacity = 5\nshards = 2\n");
+        assert!(err.contains("unknown field `shards`"), "{err}");
+        let err = error_of("colour = \"blue\"\n");
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_key_value_and_rule() {
+        assert_eq!(
+            error_of("[amqp]\nprefetch = 0\n"),
+            "amqp.prefetch = 0: must be between 1 and 65535"
+        );
+        assert_eq!(
+            error_of("[graph]\nbatch_size = 51\n"),
+            "graph.batch_size = 51: must be between 1 and 50"
+        );
+        assert_eq!(
+            error_of("[limits]\nsafety = 1.5\n"),
+            "limits.safety = 1.5: must be in (0, 1]"
+        );
+        assert_eq!(
+            error_of("[amqp]\nshards = 0\n"),
+            "amqp.shards = 0: must be between 1 and 1024"
+        );
+    }
+
+    #[test]
+    fn durations_and_tiers_are_checked() {
+        assert!(
+            error_of("[graph]\nlinger = \"soon\"\n")
+                .starts_with("graph.linger = \"soon\": must be a duration")
+        );
+        assert_eq!(
+            error_of("[retry]\ntiers = [\"5s\", \"1s\"]\n"),
+            "retry.tiers[1] = \"1s\": tiers must be in increasing order"
+        );
+        assert_eq!(
+            error_of("[retry]\ntiers = []\n"),
+            "retry.tiers = []: needs at least one delay tier"
+        );
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let err = error_of("[amqp]\nurl = \"http://guest:hunter2@localhost\"\n");
+        assert!(err.starts_with("amqp.url = "), "{err}");
+        assert!(err.ends_with("scheme must be amqp or amqps"), "{err}");
+        assert!(!err.contains("hunter2"), "password leaked: {err}");
+        let err = error_of("[amqp]\nurl = \"amqp://guest:hunter2@\"\n");
+        assert!(!err.contains("hunter2"), "password leaked: {err}");
+        let err = error_of("[graph]\nbase_url = \"http://graph.example.com\"\n");
+        assert!(err.contains("must use https"), "{err}");
+        let ok = load_text("[graph]\nbase_url = \"http://127.0.0.1:8090\"\n", &[]).unwrap();
+        assert_eq!(ok.graph.base_url.as_str(), "http://127.0.0.1:8090/");
+        assert!(error_of("[graph]\napi_version = \"21\"\n").contains("must look like v21.0"));
+    }
+
+    #[test]
+    fn a_page_needs_a_token_source() {
+        let err = error_of("[[pages]]\nid = \"1001\"\naudience = 10\n");
+        assert_eq!(
+            err,
+            "pages[0].token_env = (missing): Page 1001 has no token source: set token_env or token_file, or list it in tokens_file"
+        );
+        let err = error_of("[[pages]]\nid = \"1001\"\ntoken_env = \"NOT_SET\"\n");
+        assert_eq!(
+            err,
+            "pages[0].token_env = \"NOT_SET\": the environment variable is not set"
+        );
+    }
+
+    #[test]
+    fn duplicate_page_ids_are_rejected() {
+        let err = error_of(
+            "[[pages]]\nid = \"1001\"\ntoken_env = \"TOKEN_1\"\n[[pages]]\nid = 1001\ntoken_env = \"TOKEN_1\"\n",
+        );
+        assert_eq!(
+            err,
+            "pages[1].id = \"1001\": duplicate Page id: each Page may be listed once"
+        );
+    }
+
+    #[test]
+    fn page_ids_and_audiences_are_checked() {
+        assert!(
+            error_of("[[pages]]\nid = \"page-1\"\ntoken_env = \"TOKEN_1\"\n")
+                .contains("a Page id is 1 to 64 digits")
+        );
+        assert!(
+            error_of("[[pages]]\nid = 1\ntoken_env = \"TOKEN_1\"\naudience = 0\n")
+                .contains("must be a positive number")
+        );
+        assert!(
+            error_of("[[pages]]\nid = 1\ntoken_env = \"TOKEN_1\"\naudience = \"lots\"\n")
+                .contains("must be a positive number")
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_env_files_and_the_tokens_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("page-2.token"), format!("{TOKEN}-2\n")).unwrap();
+        std::fs::write(
+            dir.path().join("tokens.toml"),
+            format!("\"3003\" = \"{TOKEN}-3\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("pages.toml"),
+            "[[pages]]\nid = \"3003\"\naudience = \"auto\"\n",
+        )
+        .unwrap();
+        let main = dir.path().join("pagerelay.toml");
+        std::fs::write(
+            &main,
+            "pages_file = \"pages.toml\"\ntokens_file = \"tokens.toml\"\n\
+             [[pages]]\nid = \"1001\"\ntoken_env = \"TOKEN_1\"\naudience = 500\nrps = 40\n\
+             [[pages]]\nid = \"2002\"\ntoken_file = \"page-2.token\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(&LoadOptions {
+            file: Some(main),
+            env: env(&[("TOKEN_1", TOKEN)]),
+        })
+        .unwrap();
+        let ids: Vec<&str> = settings.pages.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["1001", "2002", "3003"]);
+        assert_eq!(settings.pages[0].token().expose_secret(), TOKEN);
+        assert_eq!(settings.pages[0].audience, Audience::Fixed(500));
+        assert_eq!(settings.pages[0].rps.map(NonZeroU32::get), Some(40));
+        assert_eq!(
+            settings.pages[1].token().expose_secret(),
+            format!("{TOKEN}-2")
+        );
+        assert_eq!(
+            settings.pages[2].token().expose_secret(),
+            format!("{TOKEN}-3")
+        );
+        assert_eq!(settings.pages[2].audience, Audience::Auto);
+        assert!(matches!(
+            settings.pages[2].token_source,
+            SecretSource::TokensFile(_)
+        ));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let settings = load_text(
+            "[amqp]\nprefetch = 10\n",
+            &[
+                ("PAGERELAY__AMQP__PREFETCH", "20"),
+                ("PAGERELAY__AMQP__PREFIX", "staging"),
+                ("PAGERELAY__GRAPH__LINGER", "25ms"),
+                ("PAGERELAY__RETRY__TIERS", "2s,10s"),
+                ("PAGERELAY_UNRELATED", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.amqp.prefetch, 20);
+        assert_eq!(settings.amqp.prefix, "staging");
+        assert_eq!(settings.graph.linger, Duration::from_millis(25));
+        assert_eq!(
+            settings.retry.tiers,
+            [Duration::from_secs(2), Duration::from_secs(10)]
+        );
+        let err = load_text("", &[("PAGERELAY__AMQP__PREFECH", "5")]).unwrap_err();
+        assert!(err.to_string().contains("unknown field `prefech`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_output_or_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("pagerelay.toml");
+        std::fs::write(
+            &main,
+            "[amqp]\nurl = \"amqp://relay:hunter2@broker:5672/%2f\"\n\
+             [graph]\napp_secret_env = \"APP_SECRET\"\n\
+             [[pages]]\nid = \"1001\"\ntoken_env = \"TOKEN_1\"\naudience = 10\n",
+        )
+        .unwrap();
+        let options = LoadOptions {
+            file: Some(main.clone()),
+            env: env(&[("TOKEN_1", TOKEN), ("APP_SECRET", APP_SECRET)]),
+        };
+        let settings = Settings::load(&options).unwrap();
+        let shown = [
+            settings.to_redacted_toml(),
+            format!("{settings:?}"),
+            format!("{:?}", settings.pages),
+        ];
+        for text in &shown {
+            assert!(!text.contains(TOKEN), "token leaked: {text}");
+            assert!(!text.contains(APP_SECRET), "app secret leaked: {text}");
+            assert!(!text.contains("hunter2"), "password leaked: {text}");
+        }
+        assert!(shown[0].contains("amqp://relay:***@broker:5672/%2f"));
+        assert!(shown[0].contains("token_env = \"TOKEN_1\""));
+
+        // A tokens file with a syntax error must not be quoted back.
+        std::fs::write(dir.path().join("tokens.toml"), format!("1001 = {TOKEN}\n")).unwrap();
+        std::fs::write(&main, "tokens_file = \"tokens.toml\"\n").unwrap();
+        let err = Settings::load(&options).unwrap_err().to_string();
+        assert!(!err.contains(TOKEN), "token leaked: {err}");
+        assert!(err.contains("tokens.toml"), "{err}");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_in_any_shape() {
+        assert_eq!(
+            redact_url("amqp://u:p@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
+        assert_eq!(redact_url("amqp://u:p@@"), "amqp://u:***@");
+        assert!(!redact_url("amqp://user:secret@[bad").contains("secret"));
+    }
+}
