@@ -1,0 +1,317 @@
+//! Which jobs of a Page's lane go into the next batch, and where the overflow goes.
+//!
+//! [`LaneQueue`] is the lane's FIFO. A batch takes jobs in order, skipping any whose recipient
+//! already has a message in flight or earlier in the same batch — and every later job of that
+//! recipient too — so that each recipient hears its messages one at a time, in publish order,
+//! even though the Graph API runs a batch's operations in parallel. Media jobs beyond what the
+//! media ceiling allows are skipped the same way.
+//!
+//! [`ParkPlanner`] decides how long a job that does not fit in the lane stays out: it reserves
+//! the Page's future sending slots in order, so parked jobs come back about when they can be
+//! sent rather than all at once.
+//!
+//! Both are pure: time is passed in, nothing is sent.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What the batcher needs to know about a queued job.
+pub trait LaneItem {
+    /// The recipient key: at most one message per recipient is in flight.
+    fn recipient(&self) -> &str;
+    /// Audio and video attachments are charged to the media ceiling.
+    fn is_media(&self) -> bool;
+}
+
+/// A Page's queued jobs and the recipients that have a message in flight.
+#[derive(Debug)]
+pub struct LaneQueue<T> {
+    items: VecDeque<Queued<T>>,
+    busy: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Queued<T> {
+    item: T,
+    since: Instant,
+}
+
+impl<T> Default for LaneQueue<T> {
+    fn default() -> Self {
+        LaneQueue {
+            items: VecDeque::new(),
+            busy: HashSet::new(),
+        }
+    }
+}
+
+impl<T: LaneItem> LaneQueue<T> {
+    pub fn push(&mut self, item: T, now: Instant) {
+        self.items.push_back(Queued { item, since: now });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Recipients with a message in flight.
+    pub fn in_flight(&self) -> usize {
+        self.busy.len()
+    }
+
+    /// When the oldest queued job arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.items.front().map(|q| q.since)
+    }
+
+    /// How many jobs a batch of at most `max` could take now (media not limited).
+    pub fn sendable(&self, max: usize) -> usize {
+        // The common case needs no scan: nothing in flight and a full batch of distinct
+        // recipients at the front.
+        self.select(max, usize::MAX).len()
+    }
+
+    /// Removes and returns the next batch: at most `max` jobs, at most `media` of them media,
+    /// one per recipient, and none for a recipient in flight. Their recipients become busy
+    /// until [`LaneQueue::release`].
+    pub fn take_batch(&mut self, max: usize, media: usize) -> Vec<T> {
+        let picked = self.select(max, media);
+        if picked.is_empty() {
+            return Vec::new();
+        }
+        let mut batch = Vec::with_capacity(picked.len());
+        let mut rest = VecDeque::with_capacity(self.items.len() - picked.len());
+        let mut next = picked.iter().copied().peekable();
+        for (i, queued) in self.items.drain(..).enumerate() {
+            if next.peek() == Some(&i) {
+                next.next();
+                batch.push(queued.item);
+            } else {
+                rest.push_back(queued);
+            }
+        }
+        self.items = rest;
+        for item in &batch {
+            self.busy.insert(item.recipient().to_string());
+        }
+        batch
+    }
+
+    /// The recipients' messages are settled; their next ones may go.
+    pub fn release<'a>(&mut self, recipients: impl IntoIterator<Item = &'a str>) {
+        for r in recipients {
+            self.busy.remove(r);
+        }
+    }
+
+    /// Removes and returns the newest jobs beyond the first `keep`, oldest of them first.
+    pub fn shed(&mut self, keep: usize) -> Vec<T> {
+        if self.items.len() <= keep {
+            return Vec::new();
+        }
+        self.items.drain(keep..).map(|q| q.item).collect()
+    }
+
+    /// Removes and returns every job.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.items.drain(..).map(|q| q.item).collect()
+    }
+
+    /// Removes and returns the jobs `pred` selects.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.items.len());
+        for queued in self.items.drain(..) {
+            if pred(&queued.item) {
+                removed.push(queued.item);
+            } else {
+                kept.push_back(queued);
+            }
+        }
+        self.items = kept;
+        removed
+    }
+
+    /// Positions of the next batch, in queue order.
+    fn select(&self, max: usize, media: usize) -> Vec<usize> {
+        let mut picked = Vec::with_capacity(max.min(self.items.len()));
+        // Recipients whose earliest queued job cannot go in this batch: their later jobs wait
+        // behind it. Picked recipients are held back the same way.
+        let mut held: HashSet<&str> = HashSet::new();
+        let mut media_left = media;
+        for (i, queued) in self.items.iter().enumerate() {
+            if picked.len() == max {
+                break;
+            }
+            let recipient = queued.item.recipient();
+            if self.busy.contains(recipient) || held.contains(recipient) {
+                continue;
+            }
+            held.insert(recipient);
+            if queued.item.is_media() {
+                if media_left == 0 {
+                    continue;
+                }
+                media_left -= 1;
+            }
+            picked.push(i);
+        }
+        picked
+    }
+}
+
+/// Reserves a Page's future sending slots for the jobs parked outside its lane.
+#[derive(Debug, Default, Clone)]
+pub struct ParkPlanner {
+    reserved_until: Option<Instant>,
+}
+
+impl ParkPlanner {
+    /// How long a new overflow job should stay parked: until the lane (`queued` jobs) and the
+    /// jobs parked before it have drained at `rate` operations per second.
+    pub fn reserve(&mut self, now: Instant, queued: usize, rate: f64) -> Duration {
+        let rate = rate.max(0.001);
+        let drained = now + Duration::from_secs_f64(queued as f64 / rate);
+        let start = self.reserved_until.filter(|r| *r > drained).unwrap_or(drained);
+        self.reserved_until = Some(start + Duration::from_secs_f64(1.0 / rate));
+        start - now
+    }
+
+    /// How long a job that was parked before and came back to a full lane should stay out: the
+    /// rest of its reservation if it came back early, else until the lane drains. It does not
+    /// reserve again, or every return would push the whole schedule back.
+    pub fn returning(&self, remaining: Option<Duration>, queued: usize, rate: f64) -> Duration {
+        let drain = Duration::from_secs_f64(queued as f64 / rate.max(0.001));
+        match remaining {
+            Some(left) if !left.is_zero() => left,
+            _ => drain,
+        }
+    }
+
+    /// Forgets the reservations (the Page was blocked and its schedule no longer holds).
+    pub fn reset(&mut self) {
+        self.reserved_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Job {
+        id: u32,
+        to: &'static str,
+        media: bool,
+    }
+
+    impl LaneItem for Job {
+        fn recipient(&self) -> &str {
+            self.to
+        }
+        fn is_media(&self) -> bool {
+            self.media
+        }
+    }
+
+    fn job(id: u32, to: &'static str) -> Job {
+        Job { id, to, media: false }
+    }
+
+    fn ids(batch: &[Job]) -> Vec<u32> {
+        batch.iter().map(|j| j.id).collect()
+    }
+
+    fn queue(jobs: &[Job]) -> LaneQueue<Job> {
+        let mut q = LaneQueue::default();
+        let now = Instant::now();
+        for j in jobs {
+            q.push(j.clone(), now);
+        }
+        q
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_one_job_per_recipient_in_order() {
+        let mut q = queue(&[job(1, "a"), job(2, "a"), job(3, "b"), job(4, "c"), job(5, "b")]);
+        assert_eq!(q.sendable(50), 3);
+        assert_eq!(ids(&q.take_batch(50, 10)), [1, 3, 4]);
+        assert_eq!(q.len(), 2);
+        // a, b and c are in flight: nothing may go.
+        assert_eq!(q.sendable(50), 0);
+        assert!(q.take_batch(50, 10).is_empty());
+        q.release(["b"]);
+        assert_eq!(ids(&q.take_batch(50, 10)), [5]);
+        q.release(["a", "c", "b"]);
+        assert_eq!(ids(&q.take_batch(50, 10)), [2]);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_size() {
+        let jobs: Vec<Job> = (0..120).map(|i| Job { id: i, to: Box::leak(format!("r{i}").into_boxed_str()), media: false }).collect();
+        let mut q = queue(&jobs);
+        assert_eq!(ids(&q.take_batch(50, 0)), (0..50).collect::<Vec<_>>());
+        assert_eq!(q.take_batch(50, 0).len(), 50);
+        assert_eq!(q.take_batch(50, 0).len(), 20);
+    }
+
+    #[tokio::test]
+    async fn media_beyond_the_allowance_waits_and_holds_its_recipient() {
+        let media = |id, to| Job { id, to, media: true };
+        let mut q = queue(&[media(1, "a"), media(2, "b"), job(3, "b"), job(4, "c"), media(5, "d")]);
+        // One media slot: job 1 goes, job 2 waits and so does job 3 behind it.
+        assert_eq!(ids(&q.take_batch(50, 1)), [1, 4]);
+        q.release(["a", "c"]);
+        assert_eq!(ids(&q.take_batch(50, 5)), [2, 5]);
+    }
+
+    #[tokio::test]
+    async fn shedding_removes_the_newest() {
+        let mut q = queue(&[job(1, "a"), job(2, "b"), job(3, "c"), job(4, "d")]);
+        assert_eq!(ids(&q.shed(2)), [3, 4]);
+        assert!(q.shed(2).is_empty());
+        assert_eq!(ids(&q.drain()), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn one_recipients_messages_go_strictly_one_at_a_time_in_order() {
+        let jobs: Vec<Job> = (0..200).map(|i| job(i, "same")).collect();
+        let mut q = queue(&jobs);
+        let mut sent = Vec::new();
+        while !q.is_empty() {
+            let batch = q.take_batch(50, 0);
+            assert_eq!(batch.len(), 1, "only one in flight per recipient");
+            sent.extend(ids(&batch));
+            q.release(["same"]);
+        }
+        assert_eq!(sent, (0..200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_jobs_are_scheduled_one_slot_each_after_the_lane() {
+        let mut planner = ParkPlanner::default();
+        let now = Instant::now();
+        // 500 queued at 250/s: the lane drains in 2 s, then one slot every 4 ms.
+        assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_secs(2));
+        assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_millis(2004));
+        for _ in 0..248 {
+            planner.reserve(now, 500, 250.0);
+        }
+        assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_secs(3));
+        // A job back early waits out the rest of its reservation; one due finds the lane.
+        assert_eq!(planner.returning(Some(Duration::from_secs(7)), 500, 250.0), Duration::from_secs(7));
+        assert_eq!(planner.returning(None, 250, 250.0), Duration::from_secs(1));
+        // Later, with the lane empty and the reservations past, the schedule restarts at now.
+        let later = now + Duration::from_secs(60);
+        assert_eq!(planner.reserve(later, 0, 250.0), Duration::ZERO);
+        planner.reset();
+        assert_eq!(planner.reserve(later, 25, 250.0), Duration::from_millis(100));
+    }
+}
