@@ -5,9 +5,12 @@
 //! The modules follow the data flow (see `DESIGN.md` in the repository's shared notes):
 //!
 //! - [`config`]: settings, layered from defaults, a TOML file and the environment, validated once.
+//! - [`job`]: the job contract: decoding and validating one delivery into a [`job::Job`], and
+//!   `pagerelay validate`'s offline checking of JSON Lines.
 //! - [`telemetry`]: logging set-up.
 
 pub mod config;
+pub mod job;
 pub mod telemetry;
 pub mod amqp;
 pub mod pipeline;
