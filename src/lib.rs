@@ -6,6 +6,9 @@
 //!
 //! - [`config`]: settings, layered from defaults, a TOML file and the environment, validated once.
 //! - [`telemetry`]: logging set-up.
+//! - [`sim`]: `graph-sim`, a stand-in for the Graph API batch and Send API endpoints, used by tests,
+//!   benchmarks and the demo; independent of the other modules by design.
 
 pub mod config;
+pub mod sim;
 pub mod telemetry;
