@@ -1077,13 +1077,14 @@ async fn exhausted_budget_estimates_a_full_day() {
 
 #[tokio::test]
 async fn time_scaled_budget_window_slides_and_never_over_admits() {
-    // Budget 200 per window; the 24 h window lasts 2 s of real time.
-    let scale = 86_400.0 / 2.0;
+    // Budget 200 per window; the 24 h window lasts 3 s of real time (long enough that a slow box
+    // still sends the whole burst inside one window).
+    let scale = 86_400.0 / 3.0;
     let config = SimConfig::default()
         .with_page(PageConfig::new(PAGE, TOKEN, 1).with_rps(10_000))
         .with_time_scale(scale);
     let window = config.budget_window();
-    assert_eq!(window, Duration::from_secs(2));
+    assert_eq!(window, Duration::from_secs(3));
     let sim = start(config).await;
     let mut n = 0usize;
     let mut next_ops = |count: usize| {

@@ -34,7 +34,7 @@ use super::error::GraphError;
 use super::faults::{self, OpDecision, SplitMix64};
 use super::limits::{self, Usage};
 use super::pages::{Directory, Page};
-use super::record::{Stored, Totals};
+use super::record::Totals;
 use super::send;
 use super::state::{Call, Outcome, Shared};
 
@@ -509,13 +509,6 @@ pub(crate) fn current_usage(shared: &Shared, pages: &[Arc<Page>]) -> Vec<(Arc<Pa
             (page.clone(), usage)
         })
         .collect()
-}
-
-/// Records deliveries that bypassed [`execute`] (single sends).
-pub(crate) fn record_single(shared: &Shared, stored: Option<Stored>) {
-    if let Some(stored) = stored {
-        shared.record.append(vec![stored]);
-    }
 }
 
 #[cfg(test)]

@@ -60,8 +60,9 @@ pub struct Faults {
     /// Share whose connection is aborted without any reply. Nothing in them runs: this models a
     /// request lost on the way in. (The lost-reply case is [`Faults::timeout_rate`].)
     pub drop_rate: f64,
-    /// Share whose operations all run and are recorded, but whose reply is held back for
-    /// [`Faults::timeout_delay_ms`]: the client times out not knowing what happened.
+    /// Share of the requests that are neither dropped nor failed whose operations all run and are
+    /// recorded, but whose reply is held back for [`Faults::timeout_delay_ms`]: the client times
+    /// out not knowing what happened.
     pub timeout_rate: f64,
     /// How long a timed-out request is held before the (late) reply is written.
     pub timeout_delay_ms: u64,
@@ -71,7 +72,8 @@ pub struct Faults {
     /// 99th percentile added latency per request; must not be below the median. Samples are capped
     /// at four times this value so that a far tail cannot stall a test.
     pub latency_p99_ms: u64,
-    /// Share of operations that come back `null` (not executed: not counted, not recorded).
+    /// Share of batch operations that come back `null` (not executed: not counted, not recorded).
+    /// Single sends have no `null`, so this does not apply to them.
     pub item_null_rate: f64,
     /// Share of executed operations that fail with a transient error, half code 2 and half code
     /// 1200, both with `is_transient: true`. They count against the limits but are not delivered.

@@ -5,14 +5,15 @@
 //! API validation, per-Page rate limits, error objects, usage headers — without using any pagerelay
 //! module, so that a wrong assumption in pagerelay shows up as a disagreement. It records every
 //! operation it counts as delivered ([`record`]) so that tests can assert on what really happened,
-//! and it injects faults reproducibly from a seed ([`faults`]). It does not deliver anything, talk to
+//! and it injects faults reproducibly from a seed ([`faults`]). It speaks HTTP/1.1 with
+//! keep-alive on loopback; there is no TLS and no HTTP/2. It does not deliver anything, talk to
 //! any network but its own listener, or persist state.
 //!
 //! # Endpoints
 //!
 //! Graph (`{version}` is any `v<major>.<minor>`):
 //!
-//! - `POST /{version}` and `POST /{version}/`: the batch call (see [`batch`] for the semantics).
+//! - `POST /{version}` and `POST /{version}/`: the batch call (semantics in the `batch` module).
 //! - `POST /{version}/me/messages`, `POST /{version}/{page-id}/messages`: a single send, with a JSON
 //!   or form body; the token comes from the body, the `access_token` query parameter or
 //!   `Authorization: Bearer`.
@@ -35,7 +36,8 @@
 //!   Page is 100/33, the platform's "object does not exist or cannot be loaded" error.
 //! - **Missing token** answers 190, like an invalid one, so every token problem is one class.
 //! - **Rate-limit accounting**: refused (613) operations count toward every window, as the platform
-//!   says calls made while throttled still count. See [`limits`].
+//!   says calls made while throttled still count. Windows are rolling, not calendar-aligned, and
+//!   exact in the safe direction (the `limits` module explains the bucketing).
 //! - **`estimated_time_to_regain_access`** is the real (wall-clock) wait, rounded up to whole
 //!   minutes: with `--time-scale` it shrinks with the window. For the per-second ceiling it is 1
 //!   while throttled and 0 otherwise. The header is on every reply, not only on throttled ones.
@@ -54,8 +56,8 @@
 //! Given the same seed and the same requests, the simulator gives the same reply bodies, whatever
 //! the interleaving of concurrent requests: each decision is derived from a hash of the seed, the
 //! content, and how many times that content was seen before (see [`faults`]). Two *identical*
-//! requests in flight at once may swap their answers. Rate limits depend on timing and are the one
-//! deliberate exception.
+//! requests in flight at once may swap their answers. Rate limits, and the usage figures in the
+//! headers, depend on timing and are the deliberate exception.
 
 mod batch;
 pub mod client;

@@ -271,6 +271,12 @@ mod tests {
     }
 
     #[test]
+    fn stored_deliveries_stay_compact() {
+        // A million deliveries must fit: 40 bytes each plus the body text.
+        assert!(std::mem::size_of::<Stored>() <= 40);
+    }
+
+    #[test]
     fn cursor_reads_continue_where_they_stopped() {
         let record = Record::default();
         record.append((0..5).map(stored).collect());

@@ -31,7 +31,7 @@ use super::faults::{
     self, Faults, Outage, OutageMode, OutageRequest, RequestDecision, RequestFate,
 };
 use super::limits::{self, Usage};
-use super::pages::{Page, PageUpdate, proof_matches};
+use super::pages::{Directory, Page, PageUpdate, proof_matches};
 use super::record::{Delivery, Stats, Totals};
 use super::send;
 use super::state::{Call, Shared};
@@ -276,7 +276,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// Authenticates a request-level token (and its proof, when an app secret is configured).
 fn authenticate<'d>(
     shared: &Shared,
-    directory: &'d super::pages::Directory,
+    directory: &'d Directory,
     token: Option<&str>,
     proof: Option<&str>,
 ) -> Result<&'d Arc<Page>, GraphError> {
@@ -422,7 +422,9 @@ async fn single_send(
                     .decide_op(faults::mix(decision.entropy));
                 let call = Call { node, decoded };
                 let mut outcome = shared.execute(&directory, caller, &call, &op_decision, 0);
-                batch::record_single(&shared, outcome.delivered.take());
+                shared
+                    .record
+                    .append(outcome.delivered.take().into_iter().collect());
                 let usages: Vec<(Arc<Page>, Usage)> = match (&outcome.page, outcome.usage) {
                     (Some(page), Some(usage)) => vec![(page.clone(), usage)],
                     _ => Vec::new(),
