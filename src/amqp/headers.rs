@@ -304,7 +304,10 @@ mod tests {
         set_str(&mut headers, "x-other", "kept");
         state.write(&mut headers);
         assert_eq!(JobState::from_headers(Some(&headers)), state);
-        assert_eq!(get_string(Some(&headers), "x-other").as_deref(), Some("kept"));
+        assert_eq!(
+            get_string(Some(&headers), "x-other").as_deref(),
+            Some("kept")
+        );
 
         // Clearing optional values removes their headers.
         let cleared = JobState {
@@ -326,7 +329,10 @@ mod tests {
         assert_eq!(read_int(&AMQPValue::Boolean(true)), None);
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPTS.into(), AMQPValue::LongString("oops".into()));
-        headers.insert(FIRST_ATTEMPT_AT.into(), AMQPValue::LongString("yesterday".into()));
+        headers.insert(
+            FIRST_ATTEMPT_AT.into(),
+            AMQPValue::LongString("yesterday".into()),
+        );
         assert_eq!(JobState::from_headers(Some(&headers)), JobState::default());
         assert_eq!(JobState::from_headers(None), JobState::default());
     }

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 
 /// Publishes with confirms on a channel of its own.
@@ -69,7 +69,7 @@ impl Publisher {
                     properties,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         let confirmation = tokio::time::timeout(self.timeout, publish)
             .await

@@ -58,8 +58,9 @@ impl Session {
         name: &str,
     ) -> Result<Session, SessionError> {
         let url = redact_url(settings.url.expose_secret());
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("{name} (generation {generation})")));
+        let properties = ConnectionProperties::default().with_connection_name(LongString::from(
+            format!("{name} (generation {generation})"),
+        ));
         // Connect has no timeout of its own; a black-holed broker address would hang forever.
         let timeout = settings.publish_timeout.max(Duration::from_secs(5));
         let connection = tokio::time::timeout(
@@ -126,7 +127,9 @@ impl Session {
 
     /// Closes the connection politely; errors are irrelevant at that point.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "pagerelay shutting down".into()).await;
+        let _ = self
+            .connection
+            .close(200, "pagerelay shutting down".into())
+            .await;
     }
 }
-

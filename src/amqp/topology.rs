@@ -147,7 +147,14 @@ impl Topology {
         // Dead letters first: the jobs queues name this exchange as their dead-letter target.
         exchange(ch, &self.dead_exchange(), ExchangeKind::Fanout).await?;
         queue(ch, &self.dead_queue(), quorum_args()).await?;
-        bind(ch, &self.dead_queue(), &self.dead_exchange(), "", FieldTable::default()).await?;
+        bind(
+            ch,
+            &self.dead_queue(),
+            &self.dead_exchange(),
+            "",
+            FieldTable::default(),
+        )
+        .await?;
 
         let jobs_kind = if self.shards == 1 {
             ExchangeKind::Topic
@@ -222,11 +229,11 @@ impl Topology {
 /// arguments.
 pub fn tier_label(tier: Duration) -> String {
     let ms = tier.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -236,7 +243,10 @@ pub fn tier_label(tier: Duration) -> String {
 /// Quorum queue with at-least-once dead-lettering (which needs `reject-publish` overflow).
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args.insert(
         "x-dead-letter-strategy".into(),
         AMQPValue::LongString("at-least-once".into()),

@@ -23,12 +23,14 @@
 
 mod batch;
 mod classify;
+mod client;
 mod reply;
 
 pub use batch::{
     BatchRequest, EncodeError, FormBody, MAX_OPERATIONS, Operation, PageAuth, appsecret_proof,
 };
 pub use classify::{DeadReason, Decision, Outcome, RetryKind, StopReason, classify};
+pub use client::{AUDIENCE_METRIC, AudienceError, ClientError, GraphClient, Sent, newest_audience};
 pub use reply::{
     APP_USAGE, AppUsage, BUSINESS_USE_CASE_USAGE, BatchFailure, BatchReply, BusinessUseCaseUsage,
     GraphError, ItemResult, MAX_REGAIN_ACCESS, MalformedReply, Receipt, Usage, UsageHeaderError,

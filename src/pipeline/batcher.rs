@@ -77,6 +77,15 @@ impl<T: LaneItem> LaneQueue<T> {
         self.select(max, usize::MAX).len()
     }
 
+    /// How many media jobs the next batch of at most `max` would carry if media were not
+    /// limited: what to ask the media ceiling for.
+    pub fn media_in(&self, max: usize) -> usize {
+        self.select(max, usize::MAX)
+            .into_iter()
+            .filter(|&i| self.items[i].item.is_media())
+            .count()
+    }
+
     /// Removes and returns the next batch: at most `max` jobs, at most `media` of them media,
     /// one per recipient, and none for a recipient in flight. Their recipients become busy
     /// until [`LaneQueue::release`].
@@ -178,7 +187,10 @@ impl ParkPlanner {
     pub fn reserve(&mut self, now: Instant, queued: usize, rate: f64) -> Duration {
         let rate = rate.max(0.001);
         let drained = now + Duration::from_secs_f64(queued as f64 / rate);
-        let start = self.reserved_until.filter(|r| *r > drained).unwrap_or(drained);
+        let start = self
+            .reserved_until
+            .filter(|r| *r > drained)
+            .unwrap_or(drained);
         self.reserved_until = Some(start + Duration::from_secs_f64(1.0 / rate));
         start - now
     }
@@ -221,7 +233,11 @@ mod tests {
     }
 
     fn job(id: u32, to: &'static str) -> Job {
-        Job { id, to, media: false }
+        Job {
+            id,
+            to,
+            media: false,
+        }
     }
 
     fn ids(batch: &[Job]) -> Vec<u32> {
@@ -239,7 +255,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_takes_one_job_per_recipient_in_order() {
-        let mut q = queue(&[job(1, "a"), job(2, "a"), job(3, "b"), job(4, "c"), job(5, "b")]);
+        let mut q = queue(&[
+            job(1, "a"),
+            job(2, "a"),
+            job(3, "b"),
+            job(4, "c"),
+            job(5, "b"),
+        ]);
         assert_eq!(q.sendable(50), 3);
         assert_eq!(ids(&q.take_batch(50, 10)), [1, 3, 4]);
         assert_eq!(q.len(), 2);
@@ -255,7 +277,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_stops_at_its_size() {
-        let jobs: Vec<Job> = (0..120).map(|i| Job { id: i, to: Box::leak(format!("r{i}").into_boxed_str()), media: false }).collect();
+        let jobs: Vec<Job> = (0..120)
+            .map(|i| Job {
+                id: i,
+                to: Box::leak(format!("r{i}").into_boxed_str()),
+                media: false,
+            })
+            .collect();
         let mut q = queue(&jobs);
         assert_eq!(ids(&q.take_batch(50, 0)), (0..50).collect::<Vec<_>>());
         assert_eq!(q.take_batch(50, 0).len(), 50);
@@ -264,8 +292,20 @@ mod tests {
 
     #[tokio::test]
     async fn media_beyond_the_allowance_waits_and_holds_its_recipient() {
-        let media = |id, to| Job { id, to, media: true };
-        let mut q = queue(&[media(1, "a"), media(2, "b"), job(3, "b"), job(4, "c"), media(5, "d")]);
+        let media = |id, to| Job {
+            id,
+            to,
+            media: true,
+        };
+        let mut q = queue(&[
+            media(1, "a"),
+            media(2, "b"),
+            job(3, "b"),
+            job(4, "c"),
+            media(5, "d"),
+        ]);
+        assert_eq!(q.media_in(50), 3);
+        assert_eq!(q.media_in(1), 1);
         // One media slot: job 1 goes, job 2 waits and so does job 3 behind it.
         assert_eq!(ids(&q.take_batch(50, 1)), [1, 4]);
         q.release(["a", "c"]);
@@ -300,18 +340,27 @@ mod tests {
         let now = Instant::now();
         // 500 queued at 250/s: the lane drains in 2 s, then one slot every 4 ms.
         assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_secs(2));
-        assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_millis(2004));
+        assert_eq!(
+            planner.reserve(now, 500, 250.0),
+            Duration::from_millis(2004)
+        );
         for _ in 0..248 {
             planner.reserve(now, 500, 250.0);
         }
         assert_eq!(planner.reserve(now, 500, 250.0), Duration::from_secs(3));
         // A job back early waits out the rest of its reservation; one due finds the lane.
-        assert_eq!(planner.returning(Some(Duration::from_secs(7)), 500, 250.0), Duration::from_secs(7));
+        assert_eq!(
+            planner.returning(Some(Duration::from_secs(7)), 500, 250.0),
+            Duration::from_secs(7)
+        );
         assert_eq!(planner.returning(None, 250, 250.0), Duration::from_secs(1));
         // Later, with the lane empty and the reservations past, the schedule restarts at now.
         let later = now + Duration::from_secs(60);
         assert_eq!(planner.reserve(later, 0, 250.0), Duration::ZERO);
         planner.reset();
-        assert_eq!(planner.reserve(later, 25, 250.0), Duration::from_millis(100));
+        assert_eq!(
+            planner.reserve(later, 25, 250.0),
+            Duration::from_millis(100)
+        );
     }
 }

@@ -275,7 +275,10 @@ mod tests {
         assert_eq!(plan.budget, 190_000);
         assert_eq!(plan.burst, 19_000);
         // The refill spreads the other 90 % over 24 h.
-        assert_eq!(plan.period, Duration::from_nanos(DAY.as_nanos().div_ceil(171_000) as u64));
+        assert_eq!(
+            plan.period,
+            Duration::from_nanos(DAY.as_nanos().div_ceil(171_000) as u64)
+        );
         let tiny = BudgetPlan::for_audience(1, &limits());
         assert_eq!((tiny.budget, tiny.burst), (190, 19));
     }
@@ -310,15 +313,10 @@ mod tests {
         let mut total = 0u64;
         let mut now = Duration::ZERO;
         while now < 3 * DAY {
-            loop {
-                match limiter.acquire(50) {
-                    Grant::Granted(k) => {
-                        granted.push_back((now, u64::from(k)));
-                        in_window += u64::from(k);
-                        total += u64::from(k);
-                    }
-                    Grant::Wait(_) | Grant::BudgetSpent(_) => break,
-                }
+            while let Grant::Granted(k) = limiter.acquire(50) {
+                granted.push_back((now, u64::from(k)));
+                in_window += u64::from(k);
+                total += u64::from(k);
             }
             while let Some(&(at, k)) = granted.front() {
                 if now - at >= DAY {
@@ -334,7 +332,10 @@ mod tests {
         }
         assert!(max_in_window <= 1_000, "a window saw {max_in_window} calls");
         // And the limiter is not needlessly stingy: close to the budget per day.
-        assert!(max_in_window >= 990, "only {max_in_window} in the busiest window");
+        assert!(
+            max_in_window >= 990,
+            "only {max_in_window} in the busiest window"
+        );
         // Three days hold one burst and three days of refill: 100 + 3 × 900.
         assert!(total >= 2_790, "only {total} calls in three days");
     }
@@ -342,7 +343,11 @@ mod tests {
     #[test]
     fn the_rps_ceiling_paces_batches() {
         let clock = FakeRelativeClock::default();
-        let limiter = PageLimiter::new(BudgetPlan::split(1_000_000, 0.1, DAY), ceilings(250, 50), clock.clone());
+        let limiter = PageLimiter::new(
+            BudgetPlan::split(1_000_000, 0.1, DAY),
+            ceilings(250, 50),
+            clock.clone(),
+        );
         assert_eq!(limiter.acquire(50), Grant::Granted(50));
         // The burst is spent: the next 50 need 50/250 s = 200 ms.
         assert_eq!(limiter.acquire(50), Grant::Wait(Duration::from_millis(200)));
@@ -356,7 +361,11 @@ mod tests {
     #[test]
     fn a_closed_second_holds_at_most_rate_plus_burst() {
         let clock = FakeRelativeClock::default();
-        let limiter = PageLimiter::new(BudgetPlan::split(1_000_000, 0.1, DAY), ceilings(250, 50), clock.clone());
+        let limiter = PageLimiter::new(
+            BudgetPlan::split(1_000_000, 0.1, DAY),
+            ceilings(250, 50),
+            clock.clone(),
+        );
         let mut per_ms = Vec::new();
         for _ in 0..=10_000 {
             per_ms.push(match limiter.acquire(50) {
@@ -366,7 +375,11 @@ mod tests {
             clock.advance(Duration::from_millis(1));
         }
         // Any window of 1 s (1001 instants, both ends included) sees at most 250 + 50.
-        let busiest = per_ms.windows(1001).map(|w| w.iter().sum::<u32>()).max().unwrap();
+        let busiest = per_ms
+            .windows(1001)
+            .map(|w| w.iter().sum::<u32>())
+            .max()
+            .unwrap();
         assert_eq!(busiest, 300);
         // Sustained, the rate is the ceiling: the burst plus 250 per second for 10 s.
         assert_eq!(per_ms.iter().sum::<u32>(), 50 + 2_500);
@@ -406,7 +419,11 @@ mod tests {
     #[test]
     fn media_has_its_own_ceiling() {
         let clock = FakeRelativeClock::default();
-        let limiter = PageLimiter::new(BudgetPlan::split(1_000_000, 0.1, DAY), ceilings(250, 50), clock.clone());
+        let limiter = PageLimiter::new(
+            BudgetPlan::split(1_000_000, 0.1, DAY),
+            ceilings(250, 50),
+            clock.clone(),
+        );
         assert_eq!(limiter.acquire_media(10), Ok(()));
         assert_eq!(limiter.acquire_media(1), Err(Duration::from_millis(100)));
         clock.advance(Duration::from_millis(100));
@@ -443,7 +460,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_tokio_clock_follows_paused_time() {
         let clock = TokioClock::new();
-        let limiter = PageLimiter::new(BudgetPlan::split(1_000_000, 0.1, DAY), ceilings(250, 50), clock);
+        let limiter = PageLimiter::new(
+            BudgetPlan::split(1_000_000, 0.1, DAY),
+            ceilings(250, 50),
+            clock,
+        );
         assert_eq!(limiter.acquire(50), Grant::Granted(50));
         assert_eq!(limiter.acquire(50), Grant::Wait(Duration::from_millis(200)));
         tokio::time::advance(Duration::from_millis(200)).await;

@@ -1,8 +1,202 @@
 //! The delivery pipeline: consume → lane → limit → batch → send → settle.
 //!
-//! Its stages are submodules named for what they do. This module wires them together.
+//! ```text
+//! supervisor ── session (connection, topology, publisher) ── consumer
+//!                                                               │ decode, validate, route
+//!                       dead letter (invalid, unknown_page) ◀───┤
+//!                                                               ▼
+//!                                  lane (one per Page: FIFO, one in flight per recipient)
+//!                                     │ admission (pause, circuit, cooldown, budget) → park
+//!                                     │ limiter (rps, media, budget)
+//!                                     ▼
+//!                                  dispatch (Graph batch) → classify → settle
+//! ```
+//!
+//! Submodules are the stages; this module holds what they share ([`Shared`]) and the unit of
+//! work that flows through them ([`Envelope`]). The stages are:
+//! [`supervisor`] (connection lifecycle, signals), [`consumer`] (routing deliveries),
+//! [`lane`] (per-Page scheduling), [`dispatch`] (one batch request and its settlement),
+//! [`outcome`] (settling one delivery), and the pure pieces [`batcher`], [`limiter`],
+//! [`registry`], [`dedup`].
 
+pub mod audience;
 pub mod batcher;
+pub mod consumer;
 pub mod dedup;
+pub mod dispatch;
+pub mod lane;
 pub mod limiter;
 pub mod outcome;
+pub mod registry;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::amqp::headers::{DeadLetterReason, JobState};
+use crate::amqp::{Publisher, Topology};
+use crate::config::Settings;
+use crate::graph::GraphClient;
+use crate::job::Job;
+use crate::telemetry::{self, PageLabels};
+use batcher::LaneItem;
+use dedup::DuplicateGuard;
+use lane::Lanes;
+use outcome::{Incoming, Outcome, PlanContext, Settled};
+use registry::Registry;
+
+pub use supervisor::{RunError, run};
+
+/// What every stage shares. Settings other than the Page registry are fixed for the life of the
+/// process; the registry is swapped on reload.
+pub struct Shared {
+    pub settings: Settings,
+    pub topology: Topology,
+    pub registry: Arc<Registry>,
+    pub graph: GraphClient,
+    pub dedup: DuplicateGuard,
+    pub labels: PageLabels,
+    pub health: Arc<Health>,
+    /// Batch requests in flight across all Pages.
+    pub in_flight: Arc<Semaphore>,
+    pub lanes: Lanes,
+    /// Cancelled on shutdown: lanes stop starting batches.
+    pub stopping: CancellationToken,
+}
+
+/// A job taken from the broker, on its way through the pipeline.
+pub struct Envelope {
+    pub job: Job,
+    pub delivery: Delivery,
+    pub state: JobState,
+    /// The session the delivery came from; its acker is void in any other.
+    pub generation: u64,
+    /// The publisher of that session: republishes go out on the delivery's own connection.
+    pub publisher: Publisher,
+    pub received: Instant,
+}
+
+impl LaneItem for Envelope {
+    fn recipient(&self) -> &str {
+        &self.job.recipient
+    }
+
+    fn is_media(&self) -> bool {
+        self.job.media
+    }
+}
+
+impl Shared {
+    /// Settles one delivery and records what happened. Never fails: a settlement that cannot be
+    /// carried out leaves the delivery to the broker, which redelivers it.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        state: &JobState,
+        job: Option<&Job>,
+        publisher: &Publisher,
+        outcome: Outcome,
+    ) -> Settled {
+        let incoming = Incoming {
+            routing_key: delivery.routing_key.as_str(),
+            properties: &delivery.properties,
+            state,
+            page_id: job.map(|j| j.page_id.as_str()),
+            job_id: job.map(|j| j.job_id.as_str()),
+        };
+        let ctx = PlanContext {
+            topology: &self.topology,
+            retry: &self.settings.retry,
+            now: Utc::now(),
+            jitter_draw: rand::rng().random::<f64>(),
+        };
+        let (settlement, settled) = outcome::plan(&outcome, incoming, ctx);
+        if let Err(e) =
+            outcome::settle(settlement, &delivery.data, &delivery.acker, publisher).await
+        {
+            let step = match e {
+                outcome::SettleError::Publish { .. } => "publish",
+                outcome::SettleError::Ack(_) => "ack",
+                outcome::SettleError::ChannelGone => "channel_gone",
+            };
+            metrics::counter!(telemetry::SETTLE_FAILURES, "step" => step).increment(1);
+            tracing::debug!(error = %e, outcome = settled.label(), "settlement handed back to the broker");
+            return Settled::Requeued;
+        }
+        self.record(settled, job, state, delivery);
+        settled
+    }
+
+    fn record(&self, settled: Settled, job: Option<&Job>, state: &JobState, delivery: &Delivery) {
+        let page = match job.and_then(|j| self.registry.get(&j.page_id)) {
+            Some(page) => self.labels.label(&page.id),
+            None => Arc::from(telemetry::OTHER_PAGES),
+        };
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => settled.label(), "page" => page.to_string())
+            .increment(1);
+        match settled {
+            Settled::DeadLettered(reason) => {
+                metrics::counter!(telemetry::DEAD_LETTERS, "reason" => reason.as_str())
+                    .increment(1);
+            }
+            Settled::Parked(reason) => {
+                metrics::counter!(telemetry::PARKED, "reason" => reason.as_str()).increment(1);
+            }
+            Settled::Duplicate => metrics::counter!(telemetry::DUPLICATES).increment(1),
+            Settled::Delivered => {
+                if let Some(latency) = published_ago(state, delivery) {
+                    metrics::histogram!(telemetry::END_TO_END).record(latency.as_secs_f64());
+                }
+            }
+            Settled::Retried | Settled::Requeued => {}
+        }
+    }
+
+    /// Settles an envelope.
+    pub async fn settle_envelope(&self, envelope: Envelope, outcome: Outcome) -> Settled {
+        self.settle(
+            &envelope.delivery,
+            &envelope.state,
+            Some(&envelope.job),
+            &envelope.publisher,
+            outcome,
+        )
+        .await
+    }
+
+    /// A dead letter for a job that is never to be sent, without an attempt.
+    pub fn rejection(reason: DeadLetterReason, message: impl Into<String>) -> Outcome {
+        Outcome::DeadLetter {
+            reason,
+            error: crate::amqp::headers::ErrorContext {
+                message: Some(message.into()),
+                ..Default::default()
+            },
+            attempted: false,
+        }
+    }
+}
+
+/// How long ago the job was published: from `pagerelay publish`'s millisecond header, else the
+/// AMQP timestamp (seconds).
+fn published_ago(state: &JobState, delivery: &Delivery) -> Option<Duration> {
+    let now_ms = Utc::now().timestamp_millis();
+    let published_ms = state.published_at_ms.or_else(|| {
+        delivery
+            .properties
+            .timestamp()
+            .and_then(|s| i64::try_from(s).ok())
+            .map(|s| s.saturating_mul(1000))
+    })?;
+    u64::try_from(now_ms - published_ms)
+        .ok()
+        .map(Duration::from_millis)
+}

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::BasicProperties;
 use lapin::Acker;
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{FieldTable, ShortString};
 
@@ -20,6 +20,7 @@ use crate::amqp::headers::{self, DeadLetterReason, ErrorContext, JobState};
 use crate::amqp::topology::{TIER_HEADER, tier_label};
 use crate::amqp::{PublishError, Publisher, Topology};
 use crate::config::RetrySettings;
+use crate::graph::StopReason;
 
 /// Why a job was parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,30 +34,7 @@ pub enum ParkReason {
     /// The Graph API failed the Page's recent batches; its circuit is open.
     CircuitOpen,
     /// The Page is paused: its token or app secret proof was refused, or it is blocked.
-    Paused(PauseReason),
-}
-
-/// Why a Page is paused. Each maps to the dead-letter reason its jobs get once they have been
-/// parked for longer than the cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PauseReason {
-    TokenInvalid,
-    AppsecretInvalid,
-    PageBlocked,
-}
-
-impl PauseReason {
-    pub fn as_str(self) -> &'static str {
-        self.dead_letter_reason().as_str()
-    }
-
-    pub fn dead_letter_reason(self) -> DeadLetterReason {
-        match self {
-            PauseReason::TokenInvalid => DeadLetterReason::TokenInvalid,
-            PauseReason::AppsecretInvalid => DeadLetterReason::AppsecretInvalid,
-            PauseReason::PageBlocked => DeadLetterReason::PageBlocked,
-        }
-    }
+    Paused(StopReason),
 }
 
 impl ParkReason {
@@ -70,9 +48,12 @@ impl ParkReason {
         }
     }
 
+    /// The dead-letter reason of a job parked for this reason longer than the cap.
     fn dead_letter_reason(self) -> DeadLetterReason {
         match self {
-            ParkReason::Paused(pause) => pause.dead_letter_reason(),
+            ParkReason::Paused(StopReason::TokenInvalid) => DeadLetterReason::TokenInvalid,
+            ParkReason::Paused(StopReason::AppSecretInvalid) => DeadLetterReason::AppsecretInvalid,
+            ParkReason::Paused(StopReason::PageBlocked) => DeadLetterReason::PageBlocked,
             _ => DeadLetterReason::ParkLimit,
         }
     }
@@ -109,7 +90,7 @@ pub enum Outcome {
 pub enum Settlement {
     Ack,
     /// Publish a copy, then ack the original.
-    Republish(Republish),
+    Republish(Box<Republish>),
     /// Nack with requeue.
     Requeue,
 }
@@ -168,7 +149,11 @@ pub struct PlanContext<'a> {
 }
 
 /// Decides how `outcome` is carried out for `incoming`.
-pub fn plan(outcome: &Outcome, incoming: Incoming<'_>, ctx: PlanContext<'_>) -> (Settlement, Settled) {
+pub fn plan(
+    outcome: &Outcome,
+    incoming: Incoming<'_>,
+    ctx: PlanContext<'_>,
+) -> (Settlement, Settled) {
     match outcome {
         Outcome::Delivered => (Settlement::Ack, Settled::Delivered),
         Outcome::Duplicate => (Settlement::Ack, Settled::Duplicate),
@@ -202,7 +187,7 @@ pub fn plan(outcome: &Outcome, incoming: Incoming<'_>, ctx: PlanContext<'_>) -> 
             // more than the jitter.
             let expiration = tier.mul_f64(1.0 - ctx.retry.jitter * ctx.jitter_draw.clamp(0.0, 1.0));
             let republish = to_tier(incoming, ctx, &state, tier, Some(expiration), |_| {});
-            (Settlement::Republish(republish), Settled::Retried)
+            (Settlement::Republish(Box::new(republish)), Settled::Retried)
         }
         Outcome::Park { reason, delay } => {
             let mut state = incoming.state.clone();
@@ -228,7 +213,10 @@ pub fn plan(outcome: &Outcome, incoming: Incoming<'_>, ctx: PlanContext<'_>) -> 
             let republish = to_tier(incoming, ctx, &state, tier, None, |h| {
                 headers::set_str(h, headers::PARK_REASON, reason.as_str());
             });
-            (Settlement::Republish(republish), Settled::Parked(*reason))
+            (
+                Settlement::Republish(Box::new(republish)),
+                Settled::Parked(*reason),
+            )
         }
     }
 }
@@ -277,7 +265,10 @@ fn dead_letter(
         routing_key: incoming.routing_key.to_string(),
         properties: properties(incoming, table, None),
     };
-    (Settlement::Republish(republish), Settled::DeadLettered(reason))
+    (
+        Settlement::Republish(Box::new(republish)),
+        Settled::DeadLettered(reason),
+    )
 }
 
 fn to_tier(
@@ -308,8 +299,16 @@ fn base_headers(incoming: Incoming<'_>, state: &JobState) -> FieldTable {
 /// The copy keeps the original's properties, with our headers, the job id as `message_id` (so a
 /// generated id survives the round trip), persistence, and an expiration only when we set one:
 /// a publisher's own expiration must not make a dead letter vanish.
-fn properties(incoming: Incoming<'_>, table: FieldTable, expiration: Option<Duration>) -> BasicProperties {
-    let mut props = incoming.properties.clone().with_headers(table).with_delivery_mode(2);
+fn properties(
+    incoming: Incoming<'_>,
+    table: FieldTable,
+    expiration: Option<Duration>,
+) -> BasicProperties {
+    let mut props = incoming
+        .properties
+        .clone()
+        .with_headers(table)
+        .with_delivery_mode(2);
     props = match expiration {
         Some(ttl) => props.with_expiration(ShortString::from(ttl.as_millis().max(1).to_string())),
         None => clear_expiration(props),
@@ -404,7 +403,12 @@ pub async fn settle(
             let mut attempt = 1;
             loop {
                 match publisher
-                    .publish(&copy.exchange, &copy.routing_key, body, copy.properties.clone())
+                    .publish(
+                        &copy.exchange,
+                        &copy.routing_key,
+                        body,
+                        copy.properties.clone(),
+                    )
                     .await
                 {
                     Ok(()) => return ack(acker).await,
@@ -504,7 +508,7 @@ mod tests {
 
     fn republished(s: Settlement) -> Republish {
         match s {
-            Settlement::Republish(r) => r,
+            Settlement::Republish(r) => *r,
             other => panic!("expected a republish, got {other:?}"),
         }
     }
@@ -513,9 +517,18 @@ mod tests {
     fn delivered_and_duplicates_are_acked() {
         let f = fixture();
         let (p, s) = (props(), JobState::default());
-        assert_eq!(plan(&Outcome::Delivered, incoming(&p, &s), f.ctx(0.0)), (Settlement::Ack, Settled::Delivered));
-        assert_eq!(plan(&Outcome::Duplicate, incoming(&p, &s), f.ctx(0.0)), (Settlement::Ack, Settled::Duplicate));
-        assert_eq!(plan(&Outcome::Requeue, incoming(&p, &s), f.ctx(0.0)), (Settlement::Requeue, Settled::Requeued));
+        assert_eq!(
+            plan(&Outcome::Delivered, incoming(&p, &s), f.ctx(0.0)),
+            (Settlement::Ack, Settled::Delivered)
+        );
+        assert_eq!(
+            plan(&Outcome::Duplicate, incoming(&p, &s), f.ctx(0.0)),
+            (Settlement::Ack, Settled::Duplicate)
+        );
+        assert_eq!(
+            plan(&Outcome::Requeue, incoming(&p, &s), f.ctx(0.0)),
+            (Settlement::Requeue, Settled::Requeued)
+        );
     }
 
     #[test]
@@ -542,12 +555,21 @@ mod tests {
         let h = copy.properties.headers().as_ref();
         // Second attempt failed: second tier (5 s), shortened by 0.2 × 0.5.
         assert_eq!(get_string(h, TIER_HEADER).as_deref(), Some("5s"));
-        assert_eq!(copy.properties.expiration().as_ref().map(|e| e.as_str()), Some("4500"));
+        assert_eq!(
+            copy.properties.expiration().as_ref().map(|e| e.as_str()),
+            Some("4500")
+        );
         assert_eq!(get_int(h, headers::ATTEMPTS), Some(2));
         assert_eq!(get_int(h, headers::ERROR_CODE), Some(2));
-        assert_eq!(get_string(h, headers::FIRST_ATTEMPT_AT).as_deref(), Some("2026-11-22T12:00:00.000Z"));
+        assert_eq!(
+            get_string(h, headers::FIRST_ATTEMPT_AT).as_deref(),
+            Some("2026-11-22T12:00:00.000Z")
+        );
         assert_eq!(get_string(h, "x-publisher").as_deref(), Some("orders"));
-        assert_eq!(copy.properties.message_id().as_ref().map(|m| m.as_str()), Some("job-1"));
+        assert_eq!(
+            copy.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("job-1")
+        );
         assert_eq!(copy.properties.delivery_mode(), &Some(2));
         assert_eq!(copy.properties.timestamp(), &Some(1_795_000_000));
     }
@@ -560,7 +582,10 @@ mod tests {
             attempts: f.retry.max_attempts - 1,
             ..JobState::default()
         };
-        for (unknown, reason) in [(false, DeadLetterReason::MaxAttempts), (true, DeadLetterReason::UnknownError)] {
+        for (unknown, reason) in [
+            (false, DeadLetterReason::MaxAttempts),
+            (true, DeadLetterReason::UnknownError),
+        ] {
             let outcome = Outcome::Retry {
                 error: ErrorContext {
                     code: Some(if unknown { 99999 } else { 2 }),
@@ -574,14 +599,26 @@ mod tests {
             let copy = republished(settlement);
             assert_eq!(copy.exchange, f.topology.dead_exchange());
             let h = copy.properties.headers().as_ref();
-            assert_eq!(get_string(h, headers::REASON).as_deref(), Some(reason.as_str()));
-            assert_eq!(get_int(h, headers::ATTEMPTS), Some(i64::from(f.retry.max_attempts)));
+            assert_eq!(
+                get_string(h, headers::REASON).as_deref(),
+                Some(reason.as_str())
+            );
+            assert_eq!(
+                get_int(h, headers::ATTEMPTS),
+                Some(i64::from(f.retry.max_attempts))
+            );
             assert_eq!(get_string(h, headers::FBTRACE_ID).as_deref(), Some("trace"));
             assert_eq!(get_string(h, headers::PAGE_ID).as_deref(), Some("1001"));
-            assert_eq!(get_string(h, headers::DEAD_LETTERED_AT).as_deref(), Some("2026-11-22T12:00:00.000Z"));
+            assert_eq!(
+                get_string(h, headers::DEAD_LETTERED_AT).as_deref(),
+                Some("2026-11-22T12:00:00.000Z")
+            );
             // The publisher's expiration must not make the dead letter vanish.
             assert_eq!(copy.properties.expiration(), &None);
-            assert_eq!(copy.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+            assert_eq!(
+                copy.properties.content_type().as_ref().map(|c| c.as_str()),
+                Some("application/json")
+            );
         }
     }
 
@@ -628,9 +665,18 @@ mod tests {
         assert_eq!(get_string(h, TIER_HEADER).as_deref(), Some("30s"));
         assert_eq!(get_int(h, headers::ATTEMPTS), Some(2));
         assert_eq!(get_int(h, headers::PARKED), Some(1));
-        assert_eq!(get_string(h, headers::PARK_REASON).as_deref(), Some("cooldown"));
-        assert_eq!(get_int(h, headers::PARK_DUE), Some(f.now.timestamp_millis() + 45_000));
-        assert_eq!(get_string(h, headers::FIRST_PARKED_AT).as_deref(), Some("2026-11-22T12:00:00.000Z"));
+        assert_eq!(
+            get_string(h, headers::PARK_REASON).as_deref(),
+            Some("cooldown")
+        );
+        assert_eq!(
+            get_int(h, headers::PARK_DUE),
+            Some(f.now.timestamp_millis() + 45_000)
+        );
+        assert_eq!(
+            get_string(h, headers::FIRST_PARKED_AT).as_deref(),
+            Some("2026-11-22T12:00:00.000Z")
+        );
         // A park uses the tier's own TTL.
         assert_eq!(copy.properties.expiration(), &None);
     }
@@ -645,7 +691,10 @@ mod tests {
             ..JobState::default()
         };
         let cases = [
-            (ParkReason::Paused(PauseReason::TokenInvalid), DeadLetterReason::TokenInvalid),
+            (
+                ParkReason::Paused(StopReason::TokenInvalid),
+                DeadLetterReason::TokenInvalid,
+            ),
             (ParkReason::Budget, DeadLetterReason::ParkLimit),
         ];
         for (reason, expected) in cases {
@@ -657,8 +706,15 @@ mod tests {
             assert_eq!(settled, Settled::DeadLettered(expected));
             let copy = republished(settlement);
             let h = copy.properties.headers().as_ref();
-            assert_eq!(get_string(h, headers::REASON).as_deref(), Some(expected.as_str()));
-            assert!(get_string(h, headers::ERROR_MESSAGE).unwrap().starts_with("parked for 1day 1h"));
+            assert_eq!(
+                get_string(h, headers::REASON).as_deref(),
+                Some(expected.as_str())
+            );
+            assert!(
+                get_string(h, headers::ERROR_MESSAGE)
+                    .unwrap()
+                    .starts_with("parked for 1day 1h")
+            );
         }
     }
 

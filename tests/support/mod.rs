@@ -1,7 +1,31 @@
 //! Fixtures shared by the integration tests: the local broker and a unique topology prefix per
-//! test, so that tests run in parallel against one RabbitMQ without seeing each other's queues.
+//! test (so tests run in parallel against one RabbitMQ without seeing each other's queues), the
+//! Graph simulator over real HTTP, the `pagerelay` binary as a child process, and job builders.
 //!
 //! Each test binary compiles this module separately and uses a different part of it.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod daemon;
+pub mod jobs;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! The consumer: takes deliveries from the session's jobs queues, decodes and validates them,
+//! and routes each to its Page's lane — or settles it at once when there is nothing to send:
+//! invalid (dead letter `invalid`), unknown Page (`unknown_page`), expired (`expired`), or
+//! already delivered by this process (acked by the duplicate guard).
+//!
+//! Routing never waits on a Page, so one Page's trouble never slows the intake of the others.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use tokio::time::Instant;
+
+use super::outcome::Outcome;
+use super::{Envelope, Shared};
+use crate::amqp::Publisher;
+use crate::amqp::headers::{DeadLetterReason, JobState};
+use crate::amqp::session::Deliveries;
+use crate::job::{DeliveryMeta, Job};
+use crate::telemetry;
+
+/// Why consuming stopped.
+#[derive(Debug)]
+pub enum ConsumeEnd {
+    /// Shutdown was requested.
+    Stopping,
+    /// The connection or channel failed.
+    Lost(lapin::Error),
+    /// The broker cancelled the consumers (a queue was deleted, say).
+    Cancelled,
+}
+
+/// Consumes until the connection fails, the broker cancels, or `stop` fires.
+pub async fn consume(
+    shared: &Arc<Shared>,
+    generation: u64,
+    publisher: &Publisher,
+    deliveries: &mut Deliveries,
+    stop: &tokio_util::sync::CancellationToken,
+) -> ConsumeEnd {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return ConsumeEnd::Stopping,
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => accept(shared, generation, publisher, delivery),
+                Some(Err(e)) => return ConsumeEnd::Lost(e),
+                None => return ConsumeEnd::Cancelled,
+            },
+        }
+    }
+}
+
+/// Decides where one delivery goes.
+fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery: Delivery) {
+    metrics::counter!(telemetry::JOBS_CONSUMED).increment(1);
+    let state = JobState::from_headers(delivery.properties.headers().as_ref());
+    let meta = DeliveryMeta {
+        routing_key: delivery.routing_key.as_str(),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        content_type: delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+    };
+    let job = match Job::decode(&delivery.data, &meta) {
+        Ok(job) => job,
+        Err(e) => {
+            let outcome = Shared::rejection(DeadLetterReason::Invalid, e.to_string());
+            settle_now(shared, delivery, state, None, publisher, outcome);
+            return;
+        }
+    };
+    let Some(page) = shared.registry.get(&job.page_id) else {
+        let outcome = Shared::rejection(
+            DeadLetterReason::UnknownPage,
+            format!("Page {} is not in pagerelay's Page registry", job.page_id),
+        );
+        settle_now(shared, delivery, state, Some(job), publisher, outcome);
+        return;
+    };
+    if job.is_expired(Utc::now()) {
+        let outcome = Shared::rejection(
+            DeadLetterReason::Expired,
+            format!(
+                "expires_at {} passed before the job could be sent",
+                job.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+            ),
+        );
+        settle_now(shared, delivery, state, Some(job), publisher, outcome);
+        return;
+    }
+    if shared.dedup.contains(&job.job_id) {
+        settle_now(
+            shared,
+            delivery,
+            state,
+            Some(job),
+            publisher,
+            Outcome::Duplicate,
+        );
+        return;
+    }
+    page.volume
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let envelope = Envelope {
+        job,
+        delivery,
+        state,
+        generation,
+        publisher: publisher.clone(),
+        received: Instant::now(),
+    };
+    shared.lanes.route(shared, page, envelope);
+}
+
+fn settle_now(
+    shared: &Arc<Shared>,
+    delivery: Delivery,
+    state: JobState,
+    job: Option<Job>,
+    publisher: &Publisher,
+    outcome: Outcome,
+) {
+    let shared = shared.clone();
+    let publisher = publisher.clone();
+    tokio::spawn(async move {
+        shared
+            .settle(&delivery, &state, job.as_ref(), &publisher, outcome)
+            .await;
+    });
+}

@@ -1,0 +1,435 @@
+//! Per-Page lanes: one task per Page with work, created on demand and dropped when idle.
+//!
+//! A lane holds its Page's jobs in a [`LaneQueue`], asks the Page's [`Admission`] whether it may
+//! send, asks its limiter how much, and hands batches to [`super::dispatch`]. What it cannot hold
+//! it parks: beyond `lane_capacity` jobs when the Page is healthy, beyond
+//! `blocked_lane_capacity` when it is paused, cooling down, out of budget or behind an open
+//! circuit. So a slow or blocked Page never holds more than a bounded share of the prefetch
+//! window, and other Pages never wait for it.
+//!
+//! The consumer only ever pushes into a lane's unbounded inbox (its size is bounded by the
+//! prefetch window), so routing never blocks on a busy Page.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
+use tokio::time::{Instant, sleep_until};
+
+use super::batcher::{LaneItem, LaneQueue, ParkPlanner};
+use super::limiter::Grant;
+use super::outcome::{Outcome, ParkReason};
+use super::registry::{Admission, PageState};
+use super::{Envelope, Shared, dispatch};
+use crate::amqp::headers::DeadLetterReason;
+use crate::telemetry;
+
+/// Messages a lane receives.
+pub enum LaneMsg {
+    /// A job for this Page (boxed: an envelope is large and most messages are small).
+    Job(Box<Envelope>),
+    /// A batch finished and settled; its recipients may receive their next message.
+    Done { recipients: Vec<String> },
+    /// The session `generation` replaced older ones: jobs from those are void.
+    Forget { generation: u64 },
+}
+
+/// The lanes of the process, by Page id.
+#[derive(Default)]
+pub struct Lanes {
+    map: Mutex<HashMap<Arc<str>, UnboundedSender<LaneMsg>>>,
+}
+
+impl Lanes {
+    /// Hands `envelope` to its Page's lane, starting the lane if there is none.
+    pub fn route(&self, shared: &Arc<Shared>, page: Arc<PageState>, envelope: Envelope) {
+        let mut map = self.map.lock().expect("not poisoned");
+        let mut msg = LaneMsg::Job(Box::new(envelope));
+        if let Some(tx) = map.get(&page.id) {
+            match tx.send(msg) {
+                Ok(()) => return,
+                // The lane ended between its idle check and its removal: start a new one.
+                Err(returned) => msg = returned.0,
+            }
+        }
+        let (tx, rx) = unbounded_channel();
+        let _ = tx.send(msg);
+        map.insert(page.id.clone(), tx.clone());
+        metrics::gauge!(telemetry::LANES).set(map.len() as f64);
+        let lane = Lane::new(shared.clone(), page, rx, tx);
+        tokio::spawn(lane.run());
+    }
+
+    /// Sends `msg()` to every lane.
+    pub fn broadcast(&self, msg: impl Fn() -> LaneMsg) {
+        for tx in self.map.lock().expect("not poisoned").values() {
+            let _ = tx.send(msg());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes the lane of `page` if nothing is waiting in its inbox; checked under the map's
+    /// lock so that the consumer cannot route a job to a lane that is about to end.
+    fn remove_if_idle(&self, page: &Arc<str>, rx: &UnboundedReceiver<LaneMsg>) -> bool {
+        let mut map = self.map.lock().expect("not poisoned");
+        if !rx.is_empty() {
+            return false;
+        }
+        map.remove(page);
+        metrics::gauge!(telemetry::LANES).set(map.len() as f64);
+        true
+    }
+}
+
+type PermitFuture =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// Longest pause between two looks at a lane, so that gauges and expiries stay fresh.
+const TICK: Duration = Duration::from_secs(1);
+
+struct Lane {
+    shared: Arc<Shared>,
+    page: Arc<PageState>,
+    queue: LaneQueue<Envelope>,
+    rx: UnboundedReceiver<LaneMsg>,
+    tx: UnboundedSender<LaneMsg>,
+    batches_in_flight: usize,
+    planner: ParkPlanner,
+    /// The newest session generation seen; older envelopes are void.
+    generation: u64,
+    wake_at: Option<Instant>,
+    permit: Option<OwnedSemaphorePermit>,
+    waiting_permit: Option<PermitFuture>,
+    idle_since: Instant,
+    /// When the lane started waiting for the per-second ceiling, for the limiter wait metric.
+    limited_since: Option<Instant>,
+}
+
+impl Lane {
+    fn new(
+        shared: Arc<Shared>,
+        page: Arc<PageState>,
+        rx: UnboundedReceiver<LaneMsg>,
+        tx: UnboundedSender<LaneMsg>,
+    ) -> Self {
+        Lane {
+            shared,
+            page,
+            queue: LaneQueue::default(),
+            rx,
+            tx,
+            batches_in_flight: 0,
+            planner: ParkPlanner::default(),
+            generation: 0,
+            wake_at: None,
+            permit: None,
+            waiting_permit: None,
+            idle_since: Instant::now(),
+            limited_since: None,
+        }
+    }
+
+    async fn run(mut self) {
+        let idle_ttl = self.shared.settings.pipeline.idle_lane_ttl;
+        let stopping = self.shared.stopping.clone();
+        loop {
+            let now = Instant::now();
+            let wake = self.wake_at.unwrap_or(now + TICK).min(now + TICK).max(now);
+            tokio::select! {
+                biased;
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                permit = wait_permit(&mut self.waiting_permit) => {
+                    self.waiting_permit = None;
+                    self.permit = permit.ok();
+                }
+                _ = stopping.cancelled(), if !self.queue.is_empty() => {}
+                _ = sleep_until(wake) => {}
+            }
+            // Take whatever else arrived before deciding, so a burst becomes one batch.
+            for _ in 0..4096 {
+                match self.rx.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            if stopping.is_cancelled() {
+                self.hand_back().await;
+                if self.batches_in_flight == 0
+                    && self.shared.lanes.remove_if_idle(&self.page.id, &self.rx)
+                {
+                    break;
+                }
+                continue;
+            }
+            self.step();
+            self.page
+                .lane_depth
+                .store(self.queue.len(), Ordering::Relaxed);
+            if self.queue.is_empty() && self.batches_in_flight == 0 {
+                if self.idle_since.elapsed() >= idle_ttl
+                    && self.shared.lanes.remove_if_idle(&self.page.id, &self.rx)
+                {
+                    break;
+                }
+            } else {
+                self.idle_since = Instant::now();
+            }
+        }
+        self.page.lane_depth.store(0, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, msg: LaneMsg) {
+        match msg {
+            LaneMsg::Job(envelope) => {
+                self.generation = self.generation.max(envelope.generation);
+                if envelope.generation == self.generation {
+                    self.queue.push(*envelope, Instant::now());
+                }
+            }
+            LaneMsg::Done { recipients } => {
+                self.batches_in_flight -= 1;
+                self.queue.release(recipients.iter().map(String::as_str));
+            }
+            LaneMsg::Forget { generation } => {
+                self.generation = self.generation.max(generation);
+                let current = self.generation;
+                // Their delivery tags died with their channel; the broker redelivers them.
+                let dropped = self.queue.remove_where(|e| e.generation < current);
+                if !dropped.is_empty() {
+                    tracing::debug!(page = %self.page.id, dropped = dropped.len(), "dropped jobs of a lost connection");
+                }
+            }
+        }
+    }
+
+    /// Parks what does not fit and starts the batches that may go.
+    fn step(&mut self) {
+        self.wake_at = None;
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let pipeline = &shared.settings.pipeline;
+        let probe = match self.page.admission(now) {
+            Admission::Blocked { reason, until } => {
+                let rate = self.blocked_rate(reason);
+                self.shed(
+                    pipeline.blocked_lane_capacity,
+                    reason,
+                    until.saturating_duration_since(now),
+                    rate,
+                );
+                self.wake_at = Some(until);
+                return;
+            }
+            Admission::Probe => true,
+            Admission::Open => false,
+        };
+        let rate = f64::from(self.page.config().ceilings.rps.get());
+        self.shed(
+            pipeline.lane_capacity,
+            ParkReason::LaneFull,
+            Duration::ZERO,
+            rate,
+        );
+        self.dispatch(now, probe);
+    }
+
+    /// The rate at which a blocked Page will drain once it may send: its budget's refill for a
+    /// spent budget (so parked jobs come back one refill apart), else its ceiling.
+    fn blocked_rate(&self, reason: ParkReason) -> f64 {
+        match reason {
+            ParkReason::Budget => 1.0 / self.page.limiter().plan().period.as_secs_f64(),
+            _ => f64::from(self.page.config().ceilings.rps.get()),
+        }
+    }
+
+    /// Parks the jobs beyond `keep`. Each waits `blocked_for` (the rest of a block) plus its
+    /// place in the Page's schedule at `rate`.
+    fn shed(&mut self, keep: usize, reason: ParkReason, blocked_for: Duration, rate: f64) {
+        let overflow = self.queue.shed(keep);
+        if overflow.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let now_ms = Utc::now().timestamp_millis();
+        let queued = self.queue.len();
+        for envelope in overflow {
+            let remaining = envelope
+                .state
+                .park_due_ms
+                .filter(|due| *due > now_ms)
+                .map(|due| Duration::from_millis((due - now_ms) as u64));
+            let delay = match reason {
+                // A job back from an earlier park keeps its reservation.
+                ParkReason::LaneFull if envelope.state.parked > 0 => {
+                    self.planner.returning(remaining, queued, rate)
+                }
+                ParkReason::LaneFull | ParkReason::Budget => {
+                    blocked_for.max(self.planner.reserve(now, queued, rate))
+                }
+                _ => blocked_for.max(self.shared.settings.retry.tiers[0]),
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                shared
+                    .settle_envelope(envelope, Outcome::Park { reason, delay })
+                    .await;
+            });
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, probe: bool) {
+        let shared = self.shared.clone();
+        let graph = &shared.settings.graph;
+        while self.batches_in_flight < graph.max_in_flight_per_page && !self.queue.is_empty() {
+            let max = if probe { 1 } else { graph.batch_size };
+            let sendable = self.queue.sendable(max);
+            if sendable == 0 {
+                break;
+            }
+            if sendable < max && !probe {
+                let due = self.queue.oldest().unwrap_or(now) + graph.linger;
+                if now < due {
+                    self.wake(due);
+                    break;
+                }
+            }
+            let Some(permit) = self.take_permit() else {
+                break;
+            };
+            let limiter = self.page.limiter();
+            let granted = match limiter.acquire(sendable as u32) {
+                Grant::Granted(k) => k as usize,
+                Grant::Wait(wait) => {
+                    self.limited_since.get_or_insert(now);
+                    self.permit = Some(permit);
+                    self.wake(now + wait);
+                    break;
+                }
+                Grant::BudgetSpent(wait) => {
+                    self.permit = Some(permit);
+                    self.page.with_control(|c| c.budget_spent(now + wait));
+                    tracing::info!(page = %self.page.id, next_call_in_ms = wait.as_millis() as u64, "budget spent; parking the Page's overflow");
+                    // Re-run the step: the Page is now blocked and its overflow is parked.
+                    self.wake(now);
+                    break;
+                }
+            };
+            if let Some(since) = self.limited_since.take() {
+                metrics::histogram!(telemetry::LIMITER_WAIT).record(since.elapsed().as_secs_f64());
+            }
+            let media = self.queue.media_in(granted);
+            let media_allowed = match limiter.acquire_media(media as u32) {
+                Ok(()) => media,
+                Err(wait) => {
+                    self.wake(now + wait);
+                    0
+                }
+            };
+            let batch = self.queue.take_batch(granted, media_allowed);
+            if batch.is_empty() {
+                self.permit = Some(permit);
+                break;
+            }
+            let (batch, expired) = split_expired(batch);
+            for envelope in expired {
+                self.queue.release([envelope.recipient()]);
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let outcome = Shared::rejection(
+                        DeadLetterReason::Expired,
+                        format!(
+                            "expires_at {} passed before the job could be sent",
+                            envelope
+                                .job
+                                .expires_at
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_default()
+                        ),
+                    );
+                    shared.settle_envelope(envelope, outcome).await;
+                });
+            }
+            if batch.is_empty() {
+                self.permit = Some(permit);
+                continue;
+            }
+            if probe {
+                self.page.with_control(|c| c.probe_sent());
+            }
+            self.batches_in_flight += 1;
+            tokio::spawn(dispatch::send(
+                self.shared.clone(),
+                self.page.clone(),
+                batch,
+                permit,
+                self.tx.clone(),
+            ));
+            if probe {
+                break;
+            }
+        }
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// A global in-flight permit, if one is free; otherwise queue for one (fairly, in order)
+    /// and wake when it is granted.
+    fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        if let Some(permit) = self.permit.take() {
+            return Some(permit);
+        }
+        if self.waiting_permit.is_some() {
+            return None;
+        }
+        match self.shared.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.waiting_permit = Some(Box::pin(self.shared.in_flight.clone().acquire_owned()));
+                None
+            }
+        }
+    }
+
+    /// Shutdown: nothing new starts; queued jobs go back to the broker.
+    async fn hand_back(&mut self) {
+        let jobs = self.queue.drain();
+        if jobs.is_empty() {
+            return;
+        }
+        let settles = jobs
+            .into_iter()
+            .map(|e| self.shared.settle_envelope(e, Outcome::Requeue));
+        futures_util::future::join_all(settles).await;
+        self.page.lane_depth.store(0, Ordering::Relaxed);
+    }
+}
+
+async fn wait_permit(fut: &mut Option<PermitFuture>) -> Result<OwnedSemaphorePermit, AcquireError> {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn split_expired(batch: Vec<Envelope>) -> (Vec<Envelope>, Vec<Envelope>) {
+    let now = Utc::now();
+    batch.into_iter().partition(|e| !e.job.is_expired(now))
+}
