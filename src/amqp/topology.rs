@@ -3,7 +3,7 @@
 //! ```text
 //! <prefix>.jobs  exchange   shards = 1: topic, bound with '#' to queue <prefix>.jobs
 //!                           shards = N: x-consistent-hash over queues <prefix>.jobs.0 .. N-1
-//! <prefix>.delay exchange   headers; x-pagerelay-tier = <label> routes to <prefix>.delay.<label>,
+//! <prefix>.delay exchange   headers; pagerelay-delay-tier = <label> routes to <prefix>.delay.<label>,
 //!                           a queue with x-message-ttl whose dead-letter exchange is <prefix>.jobs
 //!                           (the routing key, the Page id, is kept, so a job returns to its shard)
 //! <prefix>.dead  exchange   fanout to queue <prefix>.dead, and the broker-level dead-letter target
@@ -26,7 +26,10 @@ use lapin::{Channel, ExchangeKind};
 use crate::config::AmqpSettings;
 
 /// The header that routes a message on the delay exchange to its tier queue.
-pub const TIER_HEADER: &str = "x-pagerelay-tier";
+///
+/// Deliberately not an `x-` name: RabbitMQ's headers exchange ignores arguments that start with
+/// `x-` when matching, so such a binding would match every message and copy it to every tier.
+pub const TIER_HEADER: &str = "pagerelay-delay-tier";
 
 /// The names and arguments of one deployment's topology.
 #[derive(Debug, Clone, PartialEq, Eq)]

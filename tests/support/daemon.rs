@@ -27,25 +27,13 @@ pub struct DaemonConfig {
     pub prefetch: u16,
     /// Extra `PAGERELAY__…` overrides.
     pub env: Vec<(String, String)>,
-    /// Sections appended to the settings file (`[limits]`, `[retry]` … not otherwise written).
-    pub sections: BTreeMap<&'static str, String>,
+    /// Settings by section and key, values as TOML (`[retry] max_attempts = 5` …).
+    pub sections: BTreeMap<&'static str, BTreeMap<String, String>>,
 }
 
 impl DaemonConfig {
     pub fn new(prefix: &str, graph_url: &str) -> Self {
-        let mut sections = BTreeMap::new();
-        sections.insert(
-            "retry",
-            "tiers = [\"200ms\", \"500ms\", \"1s\", \"2s\", \"5s\"]\nmax_attempts = 5\njitter = 0.2\n\
-             cooldown_min = \"1s\"\ncooldown_max = \"4s\"\npaused_delay = \"1s\"\n"
-                .to_string(),
-        );
-        sections.insert(
-            "graph",
-            "linger = \"5ms\"\nrequest_timeout = \"10s\"\n".to_string(),
-        );
-        sections.insert("pipeline", "shutdown_grace = \"10s\"\n".to_string());
-        DaemonConfig {
+        let config = DaemonConfig {
             prefix: prefix.to_string(),
             graph_url: graph_url.to_string(),
             pages: BTreeMap::new(),
@@ -53,8 +41,16 @@ impl DaemonConfig {
             shards: 1,
             prefetch: 1000,
             env: Vec::new(),
-            sections,
-        }
+            sections: BTreeMap::new(),
+        };
+        config
+            .section(
+                "retry",
+                "tiers = [\"200ms\", \"500ms\", \"1s\", \"2s\", \"5s\"]\nmax_attempts = 5\njitter = 0.2\n\
+                 cooldown_min = \"1s\"\ncooldown_max = \"4s\"\npaused_delay = \"1s\"",
+            )
+            .section("graph", "linger = \"5ms\"\nrequest_timeout = \"10s\"")
+            .section("pipeline", "shutdown_grace = \"10s\"")
     }
 
     pub fn page(mut self, id: &str, audience: impl ToString) -> Self {
@@ -69,12 +65,13 @@ impl DaemonConfig {
         self
     }
 
-    /// Adds `lines` to section `name` (`"retry"`, `"limits"`…).
+    /// Sets the `key = value` lines in section `name` (`"retry"`, `"limits"`…), replacing
+    /// keys set before.
     pub fn section(mut self, name: &'static str, lines: &str) -> Self {
         let entry = self.sections.entry(name).or_default();
-        entry.push_str(lines);
-        if !lines.ends_with('\n') {
-            entry.push('\n');
+        for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line.split_once('=').expect("key = value");
+            entry.insert(key.trim().to_string(), value.trim().to_string());
         }
         self
     }
@@ -95,14 +92,16 @@ impl DaemonConfig {
             self.shards,
             self.prefetch
         ));
-        let mut graph = format!("base_url = \"{}\"\n", self.graph_url);
-        if let Some(extra) = self.sections.get("graph") {
-            graph.push_str(extra);
+        text.push_str(&format!("\n[graph]\nbase_url = \"{}\"\n", self.graph_url));
+        for (key, value) in self.sections.get("graph").into_iter().flatten() {
+            text.push_str(&format!("{key} = {value}\n"));
         }
-        text.push_str(&format!("\n[graph]\n{graph}"));
-        for (name, lines) in &self.sections {
+        for (name, keys) in &self.sections {
             if *name != "graph" {
-                text.push_str(&format!("\n[{name}]\n{lines}"));
+                text.push_str(&format!("\n[{name}]\n"));
+                for (key, value) in keys {
+                    text.push_str(&format!("{key} = {value}\n"));
+                }
             }
         }
         text.push_str(&format!(
