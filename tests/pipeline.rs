@@ -113,7 +113,13 @@ async fn transient_errors_and_null_items_are_retried_until_delivered_once() {
     let conn = broker::connect().await;
     let topology = daemon.topology();
     let all: Vec<Value> = (0..2_000)
-        .map(|i| jobs::text_job(&pages[i % pages.len()], &format!("{}", 8_000_000 + i), &format!("job-{i}")))
+        .map(|i| {
+            jobs::text_job(
+                &pages[i % pages.len()],
+                &format!("{}", 8_000_000 + i),
+                &format!("job-{i}"),
+            )
+        })
         .collect();
     jobs::publish(&conn, &topology, &all).await;
 
@@ -127,12 +133,28 @@ async fn transient_errors_and_null_items_are_retried_until_delivered_once() {
 
     let counts = delivered(&sim).await;
     assert_eq!(counts.len(), 2_000);
-    assert!(counts.values().all(|n| *n == 1), "a job was delivered twice");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a job was delivered twice"
+    );
     let stats = client.stats().await.unwrap();
-    assert!(stats.totals.nulls > 0 && stats.totals.rejected > 0, "faults were injected: {:?}", stats.totals);
-    let retried = daemon.metric("pagerelay_operations_total", &["outcome=\"retried\""]).await;
-    assert_eq!(retried as u64, stats.totals.nulls + stats.totals.rejected, "every failed operation was retried once");
-    assert_eq!(daemon.metric("pagerelay_dead_letters_total", &[]).await, 0.0);
+    assert!(
+        stats.totals.nulls > 0 && stats.totals.rejected > 0,
+        "faults were injected: {:?}",
+        stats.totals
+    );
+    let retried = daemon
+        .metric("pagerelay_operations_total", &["outcome=\"retried\""])
+        .await;
+    assert_eq!(
+        retried as u64,
+        stats.totals.nulls + stats.totals.rejected,
+        "every failed operation was retried once"
+    );
+    assert_eq!(
+        daemon.metric("pagerelay_dead_letters_total", &[]).await,
+        0.0
+    );
     for queue in topology.all_queues() {
         assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} is not empty");
     }
@@ -147,14 +169,21 @@ async fn one_recipient_hears_its_messages_in_publish_order() {
     // Seed 7 shuffles independent operations of a batch; a pipeline that put two messages to
     // one recipient in a batch would be caught out of order.
     let sim = sim_with(&pages, 100_000).await;
-    let daemon = Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 100_000)).await;
+    let daemon =
+        Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 100_000)).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
     let mut all: Vec<Value> = (0..200)
         .map(|i| jobs::text_job(&pages[0], "4242424242", &format!("job-{i:03}")))
         .collect();
     // Other recipients' messages mixed in, so that batches are full of independent work.
-    all.extend((0..300).map(|i| jobs::text_job(&pages[0], &format!("{}", 5_000_000 + i), &format!("other-{i}"))));
+    all.extend((0..300).map(|i| {
+        jobs::text_job(
+            &pages[0],
+            &format!("{}", 5_000_000 + i),
+            &format!("other-{i}"),
+        )
+    }));
     jobs::publish(&conn, &topology, &all).await;
 
     let client = sim.client();
@@ -173,6 +202,208 @@ async fn one_recipient_hears_its_messages_in_publish_order() {
         .collect();
     let expected: Vec<String> = (0..200).map(|i| format!("job-{i:03}")).collect();
     assert_eq!(order, expected);
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_cannot_be_sent_are_dead_lettered_with_their_reason_and_context() {
+    use pagerelay::amqp::headers as h;
+    use pagerelay::sim::reserved;
+    let prefix = broker::unique_prefix("dead-letters");
+    let pages = page_ids(2);
+    let sim = sim_with(&pages, 100_000).await;
+    let daemon = Daemon::start(
+        DaemonConfig::new(&prefix, &sim.base_url())
+            .pages(&pages, 100_000)
+            .section("retry", "max_attempts = 3"),
+    )
+    .await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let page = &pages[0];
+
+    let mut expired = jobs::text_job(page, "31", "expired-1");
+    expired["expires_at"] = Value::from("2020-01-01T00:00:00Z");
+    let mut too_long = jobs::text_job(page, "32", "invalid-text");
+    too_long["message"]["text"] = Value::from("x".repeat(2001));
+    let cases: Vec<(Value, &str, Option<i64>, Option<i64>)> = vec![
+        (
+            jobs::text_job(page, reserved::USER_BLOCKED_551, "perm-551"),
+            "permanent",
+            Some(551),
+            None,
+        ),
+        (
+            jobs::text_job(page, reserved::NO_MATCHING_USER_2018001, "perm-2018001"),
+            "permanent",
+            Some(100),
+            Some(2018001),
+        ),
+        (
+            jobs::text_job(page, reserved::OUTSIDE_WINDOW_2018278, "perm-2018278"),
+            "permanent",
+            Some(10),
+            Some(2018278),
+        ),
+        (
+            jobs::text_job(page, reserved::NOT_AVAILABLE_1545041, "perm-1545041"),
+            "permanent",
+            Some(200),
+            Some(1545041),
+        ),
+        (
+            jobs::text_job(page, reserved::AMBIGUOUS_1357046, "ambiguous-1"),
+            "ambiguous",
+            Some(1),
+            Some(1357046),
+        ),
+        (
+            jobs::text_job(page, reserved::ALWAYS_TRANSIENT_2, "transient-forever"),
+            "max_attempts",
+            Some(2),
+            None,
+        ),
+        (
+            jobs::text_job(page, reserved::UNKNOWN_CODE_99999, "unknown-code"),
+            "unknown_error",
+            Some(99999),
+            None,
+        ),
+        (
+            jobs::text_job("999999999999999", "33", "no-such-page"),
+            "unknown_page",
+            None,
+            None,
+        ),
+        (expired, "expired", None, None),
+        (too_long, "invalid", None, None),
+    ];
+    let bodies: Vec<Value> = cases.iter().map(|c| c.0.clone()).collect();
+    jobs::publish(&conn, &topology, &bodies).await;
+    // A body that is not JSON at all, and a good job alongside, which must be delivered.
+    jobs::publish_raw(
+        &conn,
+        &topology,
+        &[(
+            page.clone(),
+            b"{not json".to_vec(),
+            lapin::BasicProperties::default(),
+        )],
+    )
+    .await;
+    jobs::publish(&conn, &topology, &[jobs::text_job(page, "34", "good-1")]).await;
+
+    let letters = wait_for("11 dead letters", Duration::from_secs(60), || {
+        let conn = &conn;
+        let queue = topology.dead_queue();
+        async move { (jobs::depth(conn, &queue).await >= 11).then_some(()) }
+    })
+    .await;
+    let _ = letters;
+    let letters = jobs::drain(&conn, &topology.dead_queue()).await;
+    assert_eq!(
+        letters.len(),
+        11,
+        "exactly the failed jobs are dead letters"
+    );
+
+    for (body, reason, code, subcode) in &cases {
+        let job_id = body["job_id"].as_str().unwrap();
+        let letter = letters
+            .iter()
+            .find(|l| l.json()["job_id"] == job_id)
+            .unwrap_or_else(|| panic!("no dead letter for {job_id}"));
+        assert_eq!(letter.reason(), *reason, "{job_id}");
+        assert_eq!(
+            letter.body,
+            body.to_string().into_bytes(),
+            "{job_id}: body unchanged"
+        );
+        assert_eq!(letter.int(h::ERROR_CODE), *code, "{job_id}: error code");
+        assert_eq!(
+            letter.int(h::ERROR_SUBCODE),
+            *subcode,
+            "{job_id}: error subcode"
+        );
+        assert!(letter.header(h::DEAD_LETTERED_AT).is_some(), "{job_id}");
+        assert_eq!(
+            letter.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some(job_id)
+        );
+        match *reason {
+            "permanent" | "ambiguous" => {
+                assert_eq!(letter.int(h::ATTEMPTS), Some(1), "{job_id}");
+                assert!(
+                    letter.header(h::FBTRACE_ID).is_some(),
+                    "{job_id}: fbtrace id"
+                );
+                assert!(
+                    letter.header(h::ERROR_MESSAGE).is_some(),
+                    "{job_id}: error message"
+                );
+                assert!(letter.header(h::FIRST_ATTEMPT_AT).is_some(), "{job_id}");
+                assert_eq!(letter.header(h::PAGE_ID).as_deref(), Some(page.as_str()));
+            }
+            "max_attempts" | "unknown_error" => {
+                assert_eq!(
+                    letter.int(h::ATTEMPTS),
+                    Some(3),
+                    "{job_id}: every attempt counted"
+                );
+            }
+            _ => assert_eq!(
+                letter.int(h::ATTEMPTS),
+                Some(0),
+                "{job_id}: never attempted"
+            ),
+        }
+    }
+    let invalid = letters
+        .iter()
+        .find(|l| l.json()["job_id"] == "invalid-text")
+        .unwrap();
+    assert_eq!(
+        invalid.header(h::ERROR_MESSAGE).as_deref(),
+        Some("message.text: 2001 characters, limit is 1999")
+    );
+    let garbage = letters
+        .iter()
+        .find(|l| l.body == b"{not json")
+        .expect("the non-JSON body");
+    assert_eq!(garbage.reason(), "invalid");
+    assert!(
+        garbage
+            .header(h::ERROR_MESSAGE)
+            .unwrap()
+            .starts_with("body:"),
+        "{:?}",
+        garbage.header(h::ERROR_MESSAGE)
+    );
+    assert_eq!(garbage.routing_key, *page);
+
+    // The good job went through, and the ambiguous one is in the record (it may have arrived).
+    let counts = delivered(&sim).await;
+    assert_eq!(counts.get("good-1"), Some(&1));
+    assert_eq!(counts.get("ambiguous-1"), Some(&1));
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    for (reason, n) in [
+        ("permanent", 4.0),
+        ("invalid", 2.0),
+        ("max_attempts", 1.0),
+        ("unknown_page", 1.0),
+    ] {
+        assert_eq!(
+            daemon
+                .metric(
+                    "pagerelay_dead_letters_total",
+                    &[&format!("reason=\"{reason}\"")]
+                )
+                .await,
+            n,
+            "{reason}"
+        );
+    }
     drop(daemon);
     broker::delete_topology(&prefix).await;
 }

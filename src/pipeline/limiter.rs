@@ -167,17 +167,25 @@ impl<C: Clock<Instant = Nanos> + Clone> PageLimiter<C> {
     /// Asks for up to `n` operations. Grants as many as the budget allows (at least one), or
     /// says how long to wait.
     pub fn acquire(&self, n: u32) -> Grant {
-        let n = n.clamp(1, self.ceilings.rps_burst.get());
+        // Size the request by what the budget holds before touching the rps bucket: asking the
+        // rps bucket for a full batch that the budget then refuses would waste its cells and,
+        // worse, hide a spent budget behind an endless "wait 200 ms".
+        let (estimate, next_cell) = self.budget_estimate();
+        if estimate == 0 {
+            return Grant::BudgetSpent(next_cell);
+        }
+        let n = n
+            .clamp(1, self.ceilings.rps_burst.get())
+            .min(self.plan.burst)
+            .min(estimate.min(u64::from(u32::MAX)) as u32);
         match self.rps.check_n(NonZeroU32::new(n).expect("n >= 1")) {
             Ok(Ok(_)) => {}
             Ok(Err(not_until)) => return Grant::Wait(not_until.wait_time_from(self.clock.now())),
             Err(_) => unreachable!("n is clamped to the rps burst"),
         }
-        // Ask for what the budget should hold, then halves if the estimate was optimistic: a
-        // Page near the end of its budget sends what it may instead of waiting for a full
-        // batch worth of refill.
-        let estimate = self.budget_remaining().clamp(1, u64::from(u32::MAX)) as u32;
-        let mut k = n.min(self.plan.burst).min(estimate);
+        // The estimate lags the bucket by less than one cell, so this almost always succeeds
+        // at once; halve if it was optimistic.
+        let mut k = n;
         loop {
             match self.budget.check_n(NonZeroU32::new(k).expect("k >= 1")) {
                 Ok(Ok(snapshot)) => {
@@ -188,16 +196,19 @@ impl<C: Clock<Instant = Nanos> + Clone> PageLimiter<C> {
                 Ok(Err(not_until)) if k == 1 => {
                     let now = self.clock.now();
                     let wait = not_until.wait_time_from(now);
-                    // Date the empty reading so that the estimate turns to 1 exactly when the
-                    // next cell arrives.
-                    let lag = self.plan.period.saturating_sub(wait);
-                    *self.last_budget.lock().expect("not poisoned") =
-                        (now.saturating_sub(Nanos::from(lag)), 0);
+                    self.note_empty(now, wait);
                     return Grant::BudgetSpent(wait);
                 }
                 Ok(Err(_)) | Err(_) => k /= 2,
             }
         }
+    }
+
+    /// Records an empty budget, dated so that the estimate turns to 1 exactly when the next
+    /// cell arrives (`wait` from `now`).
+    fn note_empty(&self, now: Nanos, wait: Duration) {
+        let lag = self.plan.period.saturating_sub(wait);
+        *self.last_budget.lock().expect("not poisoned") = (now.saturating_sub(Nanos::from(lag)), 0);
     }
 
     /// Asks for `m` media operations; on refusal says how long until they fit.
@@ -220,10 +231,18 @@ impl<C: Clock<Instant = Nanos> + Clone> PageLimiter<C> {
 
     /// Budget tokens available now (an estimate from the last check plus the refill since).
     pub fn budget_remaining(&self) -> u64 {
+        self.budget_estimate().0
+    }
+
+    /// The estimated budget level, and how long until the next cell refills.
+    fn budget_estimate(&self) -> (u64, Duration) {
         let (at, left) = *self.last_budget.lock().expect("not poisoned");
         let elapsed: Duration = self.clock.now().duration_since(at).into();
-        let refilled = elapsed.as_nanos() / self.plan.period.as_nanos().max(1);
-        (u128::from(left) + refilled).min(u128::from(self.plan.burst)) as u64
+        let period = self.plan.period.as_nanos().max(1);
+        let refilled = elapsed.as_nanos() / period;
+        let level = (u128::from(left) + refilled).min(u128::from(self.plan.burst)) as u64;
+        let next = Duration::from_nanos((period - elapsed.as_nanos() % period) as u64);
+        (level, next)
     }
 
     /// A limiter with a new plan or ceilings that starts as drained as this one is now, so that
@@ -401,6 +420,18 @@ mod tests {
         clock.advance(wait);
         assert_eq!(limiter.budget_remaining(), 1);
         assert_eq!(limiter.acquire(5), Grant::Granted(1));
+    }
+
+    #[test]
+    fn a_spent_budget_is_reported_even_while_the_rps_bucket_is_busy() {
+        let clock = FakeRelativeClock::default();
+        let plan = BudgetPlan::split(20, 0.1, Duration::from_secs(100)); // burst 2
+        let limiter = PageLimiter::new(plan, ceilings(250, 50), clock.clone());
+        assert_eq!(limiter.acquire(50), Grant::Granted(2));
+        // Only two rps cells were spent, and the budget, not the ceiling, is what stops us.
+        assert!(matches!(limiter.acquire(50), Grant::BudgetSpent(_)));
+        clock.advance(plan.period);
+        assert_eq!(limiter.acquire(50), Grant::Granted(1));
     }
 
     #[test]
