@@ -693,6 +693,269 @@ async fn null_and_transient_items_are_not_delivered() {
     sim.shutdown().await;
 }
 
+/// The `estimated_time_to_regain_access` an item's own usage header reports for `page`.
+fn item_regain(item: &Value, page: &str) -> u64 {
+    buc_entry(&item_header(item, "X-Business-Use-Case-Usage"), page)["estimated_time_to_regain_access"]
+        .as_u64()
+        .expect("estimated_time_to_regain_access is a number")
+}
+
+/// The `estimated_time_to_regain_access` a reply's outer header reports for `page`.
+fn outer_regain(reply: &Reply, page: &str) -> u64 {
+    buc_entry(&reply.header_json("x-business-use-case-usage"), page)
+        ["estimated_time_to_regain_access"]
+        .as_u64()
+        .expect("estimated_time_to_regain_access is a number")
+}
+
+/// Checks that an item is the platform's rate-limit error, in every field.
+fn assert_rate_limited(item: &Value) {
+    assert_eq!(item["code"], 400, "{item}");
+    assert_eq!(item_error(item), (613, Some(2_534_040)));
+    let error = &item_body(item)["error"];
+    assert_eq!(error["type"], "OAuthException");
+    assert_eq!(
+        error["message"],
+        "(#613) Calls to this api have exceeded the rate limit."
+    );
+    assert_eq!(error["is_transient"], true);
+}
+
+/// Four batches of 50 distinct texts, `t{batch}-{item}`.
+fn throttle_batches() -> Vec<Vec<Value>> {
+    (0..4)
+        .map(|b| {
+            (0..50)
+                .map(|i| text_op(&format!("31{b}{i:02}"), &format!("t{b}-{i}")))
+                .collect()
+        })
+        .collect()
+}
+
+fn throttle_config(seed: u64) -> SimConfig {
+    config().with_seed(seed).with_faults(Faults {
+        item_throttle_rate: 0.3,
+        throttle_regain_minutes: 7,
+        ..Faults::default()
+    })
+}
+
+#[tokio::test]
+async fn injected_throttles_answer_613_with_the_configured_estimate() {
+    let sim = start(throttle_config(21)).await;
+    let batches = throttle_batches();
+    let mut answers = Vec::new();
+    let mut delivered_texts = Vec::new();
+    let mut throttled = 0usize;
+    for ops in &batches {
+        let reply = batch(&sim, ops).await;
+        let items = reply.items();
+        let mut throttled_here = 0;
+        for (op, item) in ops.iter().zip(&items) {
+            if item["code"] == 200 {
+                // The real limits are far away (budget 200 000, 300 per second).
+                assert_eq!(item_regain(item, PAGE), 0, "{item}");
+                let body = op["body"].as_str().unwrap();
+                let fields: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+                let message: Value = serde_json::from_str(&fields["message"]).unwrap();
+                delivered_texts.push(message["text"].as_str().unwrap().to_owned());
+            } else {
+                assert_rate_limited(item);
+                assert_eq!(item_regain(item, PAGE), 7, "{item}");
+                throttled_here += 1;
+            }
+            answers.push((item["code"].clone(), item["body"].clone()));
+        }
+        assert!(throttled_here > 0, "50 items at 30 % and none throttled");
+        assert_eq!(outer_regain(&reply, PAGE), 7);
+        throttled += throttled_here;
+    }
+    assert!(
+        (40..=80).contains(&throttled),
+        "{throttled} of 200 throttled at a 30 % rate"
+    );
+
+    // Without per-item headers the outer header still carries the estimate.
+    let reply = batch_with(&sim, TOKEN, &batches[0], &[("include_headers", "false")]).await;
+    let items = reply.items();
+    let again = items.iter().filter(|i| i["code"] != 200).count();
+    assert!(again > 0 && items.iter().all(|i| i.get("headers").is_none()));
+    assert_eq!(outer_regain(&reply, PAGE), 7);
+    let total_throttled = throttled + again;
+
+    // The record holds exactly the operations that were not throttled.
+    let record = deliveries(&sim).await;
+    let first_four: Vec<Delivery> = record.iter().filter(|d| d.batch <= 4).cloned().collect();
+    delivered_texts.sort();
+    assert_eq!(sorted_texts(&first_four), delivered_texts);
+    assert_eq!(record.len(), 250 - total_throttled);
+
+    // Counted like a real 613: calls (in every window), throttled_613 and rejected_by_code.
+    let stats = sim.client().stats().await.unwrap();
+    let page = &stats.pages[PAGE];
+    assert_eq!(stats.totals.throttled_613, total_throttled as u64);
+    assert_eq!(stats.totals.rejected, total_throttled as u64);
+    assert_eq!(
+        page.rejected_by_code.get("613"),
+        Some(&(total_throttled as u64))
+    );
+    assert_eq!(page.calls, 250);
+    assert_eq!(page.calls_in_window, 250);
+    assert_eq!(page.delivered, (250 - total_throttled) as u64);
+    assert_eq!(stats.totals.delivered, page.delivered);
+    sim.shutdown().await;
+
+    // The same seed and requests give the same answers; another seed throttles other items.
+    let replay = |seed: u64| {
+        let batches = batches.clone();
+        async move {
+            let sim = start(throttle_config(seed)).await;
+            let mut out = Vec::new();
+            for ops in &batches {
+                for item in batch(&sim, ops).await.items() {
+                    out.push((item["code"].clone(), item["body"].clone()));
+                }
+            }
+            sim.shutdown().await;
+            out
+        }
+    };
+    assert_eq!(replay(21).await, answers);
+    let other: Vec<Value> = replay(22).await.into_iter().map(|(c, _)| c).collect();
+    let codes: Vec<Value> = answers.into_iter().map(|(c, _)| c).collect();
+    assert_ne!(other, codes);
+}
+
+#[tokio::test]
+async fn throttle_rate_one_refuses_everything_and_uses_up_the_real_budget() {
+    // Audience 1: a budget of 200 calls per rolling 24 h, so the windows can be watched filling up
+    // without racing the clock.
+    let sim = start(SimConfig::default().with_page(PageConfig::new(PAGE, TOKEN, 1))).await;
+    let client = http();
+    let base = sim.base_url();
+    let put_faults = |json: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/_sim/faults");
+        async move {
+            let response = client
+                .put(url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(json)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "PUT /_sim/faults {json}");
+        }
+    };
+
+    // A single send, with an estimate of 3 minutes.
+    put_faults(r#"{"item_throttle_rate": 1.0, "throttle_regain_minutes": 3}"#).await;
+    let reply = post(
+        &client,
+        &format!("{base}/v21.0/me/messages?access_token={TOKEN}"),
+        FORM,
+        text_body("3200", "single"),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], 613);
+    assert_eq!(reply.json()["error"]["error_subcode"], 2_534_040);
+    assert_eq!(outer_regain(&reply, PAGE), 3);
+
+    // A missing throttle_regain_minutes means 0, which is reported as such.
+    put_faults(r#"{"item_throttle_rate": 1.0}"#).await;
+    let faults = sim.client().faults().await.unwrap();
+    assert_eq!(
+        (faults.item_throttle_rate, faults.throttle_regain_minutes),
+        (1.0, 0)
+    );
+    let mut last = None;
+    for b in 0..4 {
+        let ops: Vec<Value> = (0..50)
+            .map(|i| text_op(&format!("33{b}{i:02}"), "x"))
+            .collect();
+        let reply = batch(&sim, &ops).await;
+        let items = reply.items();
+        assert_eq!(items.len(), 50);
+        items.iter().for_each(assert_rate_limited);
+        if b == 0 {
+            // 51 of 200 calls used: the real limits are far, the configured 0 is reported.
+            assert!(items.iter().all(|i| item_regain(i, PAGE) == 0));
+            assert_eq!(outer_regain(&reply, PAGE), 0);
+        }
+        last = Some(reply);
+    }
+    // The injected 613s counted in the budget window like real ones: it is now exhausted, and the
+    // real (longer) estimate wins over the configured 0.
+    assert_eq!(outer_regain(&last.unwrap(), PAGE), 1440);
+    assert!(deliveries(&sim).await.is_empty());
+
+    // With the fault off, the real limit refuses: the injected calls used the budget up.
+    put_faults("{}").await;
+    let reply = batch(&sim, &[text_op("3400", "after")]).await;
+    let item = &reply.items()[0];
+    assert_rate_limited(item);
+    assert_eq!(item_regain(item, PAGE), 1440);
+    assert_eq!(outer_regain(&reply, PAGE), 1440);
+
+    let stats = sim.client().stats().await.unwrap();
+    assert_eq!(stats.totals.throttled_613, 202);
+    assert_eq!(stats.pages[PAGE].rejected_by_code.get("613"), Some(&202));
+    assert_eq!(stats.pages[PAGE].calls_in_window, 202);
+    assert_eq!(stats.pages[PAGE].delivered, 0);
+    assert!(deliveries(&sim).await.is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_throttles_set_the_estimate_only_for_their_page_and_after_validation() {
+    let sim = start(config().with_faults(Faults {
+        item_throttle_rate: 1.0,
+        throttle_regain_minutes: 11,
+        ..Faults::default()
+    }))
+    .await;
+    // One valid op for Page one; for Page two (by item token) one without messaging_type, which
+    // validation refuses before the fault has a say, and a reserved recipient, which the injected
+    // throttle pre-empts.
+    let invalid = op(send_body(
+        &json!({"recipient": {"id": "36"}, "message": {"text": "x"}}),
+    ));
+    let mut invalid_page2 = invalid.clone();
+    invalid_page2["relative_url"] = json!(format!("{PAGE2}/messages?access_token={TOKEN2}"));
+    let ops = [text_op("37", "page one"), invalid_page2];
+    let reply = batch(&sim, &ops).await;
+    let items = reply.items();
+    assert_rate_limited(&items[0]);
+    assert_eq!(item_regain(&items[0], PAGE), 11);
+    assert_eq!(item_error(&items[1]), (100, None));
+    assert_eq!(outer_regain(&reply, PAGE), 11);
+    assert_eq!(
+        outer_regain(&reply, PAGE2),
+        0,
+        "no operation of Page two was throttled"
+    );
+    let items = batch(
+        &sim,
+        &[text_op(reserved::AMBIGUOUS_1357046, "ambiguous"), invalid],
+    )
+    .await
+    .items();
+    assert_rate_limited(&items[0]);
+    assert_eq!(item_error(&items[1]), (100, None));
+    assert!(
+        deliveries(&sim).await.is_empty(),
+        "a throttled 1357046 is not delivered"
+    );
+    let stats = sim.client().stats().await.unwrap();
+    assert_eq!(stats.totals.throttled_613, 2);
+    assert_eq!(stats.pages[PAGE2].rejected_by_code.get("100"), Some(&1));
+    assert_eq!(stats.pages[PAGE2].rejected_by_code.get("613"), None);
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn dropped_connections_are_client_errors_and_run_nothing() {
     let sim = start(config()).await;
@@ -910,6 +1173,26 @@ async fn invalid_admin_input_is_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    let response = client
+        .put(format!("{base}/_sim/faults"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(r#"{"item_throttle_rate": -0.5, "throttle_regain_minutes": 3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let refusal: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("item_throttle_rate")
+    );
+    assert_eq!(
+        sim.client().faults().await.unwrap(),
+        Faults::default(),
+        "a refused PUT keeps the previous faults"
+    );
     let response = client
         .put(format!("{base}/_sim/faults"))
         .header(CONTENT_TYPE, "application/json")
@@ -1324,8 +1607,8 @@ async fn stats_summarise_pages_and_totals() {
 // ------------------------------------------------------------------------------------------------
 // Determinism
 
-/// Twelve distinct batches touching every seeded decision: item nulls and transient errors, whole
-/// batch failures, message ids, trace ids and execution order (visible through `depends_on`-free
+/// Twelve distinct batches touching every seeded decision: item nulls, transient errors and
+/// injected throttles, whole batch failures, message ids, trace ids and execution order (visible through `depends_on`-free
 /// reply bodies).
 fn determinism_batches() -> Vec<String> {
     (0..12)
@@ -1346,6 +1629,8 @@ fn determinism_config(seed: u64) -> SimConfig {
     config().with_seed(seed).with_faults(Faults {
         item_null_rate: 0.2,
         item_transient_rate: 0.2,
+        item_throttle_rate: 0.15,
+        throttle_regain_minutes: 5,
         batch_500_rate: 0.15,
         ..Faults::default()
     })
@@ -1397,7 +1682,7 @@ async fn same_seed_and_requests_give_the_same_answers_even_concurrently() {
     // The faults really were exercised, and repeats got fresh draws.
     let all: String = sequential.iter().map(|(_, t)| t.as_str()).collect();
     assert!(sequential.iter().any(|(s, _)| *s == 500));
-    assert!(all.contains("null") && all.contains("is_transient"));
+    assert!(all.contains("null") && all.contains("is_transient") && all.contains("(#613)"));
     assert_ne!(sequential[..12], sequential[12..]);
     a.shutdown().await;
     b.shutdown().await;
@@ -1484,6 +1769,42 @@ async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
 }
 
 #[tokio::test]
+async fn binary_takes_the_throttle_fault_from_the_command_line() {
+    let (mut child, url, _) = spawn_binary(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--page",
+            &format!("{PAGE}:{TOKEN}:10"),
+            "--item-throttle-rate",
+            "1",
+            "--throttle-regain-minutes",
+            "9",
+        ],
+        &[],
+    );
+    let faults = pagerelay::sim::SimClient::new(url.clone())
+        .faults()
+        .await
+        .unwrap();
+    assert_eq!(
+        (faults.item_throttle_rate, faults.throttle_regain_minutes),
+        (1.0, 9)
+    );
+    let batch_json = Value::Array(vec![text_op("901", "throttled")]).to_string();
+    let reply = post(
+        &http(),
+        &format!("{url}/v21.0/"),
+        FORM,
+        form(&[("access_token", TOKEN), ("batch", &batch_json)]),
+    )
+    .await;
+    assert_rate_limited(&reply.items()[0]);
+    assert_eq!(outer_regain(&reply, PAGE), 9);
+    assert!(terminate(&mut child).success());
+}
+
+#[tokio::test]
 async fn binary_reads_a_pages_file_and_the_app_secret_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let pages = dir.path().join("pages.toml");
@@ -1560,6 +1881,8 @@ fn binary_help_documents_every_option() {
         "--timeout-delay-ms",
         "--item-null-rate",
         "--item-transient-rate",
+        "--item-throttle-rate",
+        "--throttle-regain-minutes",
         "127.0.0.1:8090",
     ] {
         assert!(help.contains(option), "--help does not mention {option}");
@@ -1579,4 +1902,10 @@ fn binary_refuses_bad_options() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("item_null_rate"));
+    let output = Command::new(env!("CARGO_BIN_EXE_graph-sim"))
+        .args(["--listen", "127.0.0.1:0", "--item-throttle-rate", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("item_throttle_rate"));
 }

@@ -97,6 +97,17 @@ struct Cli {
     #[arg(long, default_value_t = 0.0, value_name = "RATE")]
     item_transient_rate: f64,
 
+    /// Share of items (and single sends) refused with an injected rate-limit error (code 613,
+    /// subcode 2534040) although the real limits are not reached. Counted like a real 613, not
+    /// recorded as delivered.
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    item_throttle_rate: f64,
+
+    /// estimated_time_to_regain_access (minutes) reported in X-Business-Use-Case-Usage for the
+    /// Page of an item throttled by --item-throttle-rate (the real estimate wins if longer).
+    #[arg(long, default_value_t = 0, value_name = "MINUTES")]
+    throttle_regain_minutes: u64,
+
     /// Log filter when RUST_LOG is not set.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log_level: String,
@@ -165,6 +176,8 @@ fn config_from(cli: Cli) -> Result<SimConfig, String> {
         latency_p99_ms: cli.latency_p99_ms.unwrap_or(cli.latency_p50_ms),
         item_null_rate: cli.item_null_rate,
         item_transient_rate: cli.item_transient_rate,
+        item_throttle_rate: cli.item_throttle_rate,
+        throttle_regain_minutes: cli.throttle_regain_minutes,
     };
     Ok(SimConfig {
         listen: cli.listen,

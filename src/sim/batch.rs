@@ -374,6 +374,7 @@ pub(crate) fn execute(
             body: error.to_json(&faults::fbtrace_id(entropy)),
             page: None,
             usage: None,
+            regain_floor: None,
             success: false,
             delivered: None,
         })
@@ -458,16 +459,22 @@ impl Executed {
         serde_json::to_string(&items).expect("batch replies always serialise")
     }
 
-    /// The Pages the batch's operations were charged to, each once.
-    pub(crate) fn pages(&self) -> Vec<Arc<Page>> {
-        let mut pages: Vec<Arc<Page>> = Vec::new();
+    /// The Pages the batch's operations were charged to, each once, with the highest regain
+    /// estimate an injected throttle set for that Page in this batch (if any did).
+    pub(crate) fn pages(&self) -> Vec<(Arc<Page>, Option<u64>)> {
+        let mut pages: Vec<(Arc<Page>, Option<u64>)> = Vec::new();
         for item in &self.items {
-            if let Item::Reply(Outcome {
-                page: Some(page), ..
+            let Item::Reply(Outcome {
+                page: Some(page),
+                regain_floor,
+                ..
             }) = item
-                && !pages.iter().any(|p| p.index == page.index)
-            {
-                pages.push(page.clone());
+            else {
+                continue;
+            };
+            match pages.iter_mut().find(|(p, _)| p.index == page.index) {
+                Some((_, floor)) => *floor = (*floor).max(*regain_floor),
+                None => pages.push((page.clone(), *regain_floor)),
             }
         }
         pages
@@ -498,14 +505,21 @@ fn item_headers(outcome: &Outcome) -> Vec<HeaderJson<'static>> {
     headers
 }
 
-/// The usage of each Page right now, for the outer response headers.
-pub(crate) fn current_usage(shared: &Shared, pages: &[Arc<Page>]) -> Vec<(Arc<Page>, Usage)> {
+/// The usage of each Page right now, for the outer response headers. A Page with a regain floor
+/// (an injected throttle in this batch) reports at least that `estimated_time_to_regain_access`.
+pub(crate) fn current_usage(
+    shared: &Shared,
+    pages: &[(Arc<Page>, Option<u64>)],
+) -> Vec<(Arc<Page>, Usage)> {
     let now = shared.now_us();
     pages
         .iter()
-        .map(|page| {
+        .map(|(page, floor)| {
             let limits = page.limits();
-            let usage = page.lock().limiter.usage(now, false, limits);
+            let mut usage = page.lock().limiter.usage(now, false, limits);
+            if let Some(floor) = *floor {
+                usage.regain_minutes = usage.regain_minutes.max(floor);
+            }
             (page.clone(), usage)
         })
         .collect()

@@ -1,5 +1,5 @@
 //! Seeded fault decisions: which batches fail, drop, stall or time out, which operations come back
-//! `null` or with a transient error, and which recipients always fail.
+//! `null`, with a transient error or throttled (613), and which recipients always fail.
 //!
 //! Every decision is a pure function of the simulator's seed, the content of the request or
 //! operation, and how many times that exact content has been seen before. Nothing here draws from a
@@ -78,6 +78,20 @@ pub struct Faults {
     /// Share of executed operations that fail with a transient error, half code 2 and half code
     /// 1200, both with `is_transient: true`. They count against the limits but are not delivered.
     pub item_transient_rate: f64,
+    /// Share of operations answered with the rate-limit error (code 613, subcode 2534040,
+    /// `OAuthException`, `is_transient: true`), exactly as if a real limit had refused them, while
+    /// the real limits may be far from reached. Applies to batch items and single sends. Decided
+    /// after authentication, the real limit checks and validation: an operation the real limits
+    /// refuse, or that is invalid, gets that answer instead. An injected throttle takes precedence
+    /// over the transient fault and over reserved recipients. Like a real 613, the call counts in
+    /// every window of its Page (it reached the limiter), in `calls`, `throttled_613` and
+    /// `rejected_by_code["613"]`, and is not delivered.
+    pub item_throttle_rate: f64,
+    /// The `estimated_time_to_regain_access` (minutes) reported in `X-Business-Use-Case-Usage`
+    /// for the Page of an operation throttled by [`Faults::item_throttle_rate`]: in that item's
+    /// own headers and in the outer headers of its request. If the real limits call for a longer
+    /// wait, the real estimate is reported instead (the larger of the two wins). 0 is allowed.
+    pub throttle_regain_minutes: u64,
 }
 
 impl Default for Faults {
@@ -92,6 +106,8 @@ impl Default for Faults {
             latency_p99_ms: 0,
             item_null_rate: 0.0,
             item_transient_rate: 0.0,
+            item_throttle_rate: 0.0,
+            throttle_regain_minutes: 0,
         }
     }
 }
@@ -119,6 +135,7 @@ impl Faults {
             ("timeout_rate", self.timeout_rate),
             ("item_null_rate", self.item_null_rate),
             ("item_transient_rate", self.item_transient_rate),
+            ("item_throttle_rate", self.item_throttle_rate),
         ];
         for (field, value) in rates {
             if !(0.0..=1.0).contains(&value) {
@@ -178,6 +195,9 @@ pub(crate) struct OpDecision {
     pub null: bool,
     /// Fail the operation (after it has been counted) with this transient error.
     pub transient: Option<TransientCode>,
+    /// Refuse the operation (after it has been counted) with an injected 613, reporting this many
+    /// minutes as `estimated_time_to_regain_access`. Takes precedence over `transient`.
+    pub throttle: Option<u64>,
     /// Feeds the message id and `fbtrace_id`, so they are reproducible too.
     pub entropy: u64,
 }
@@ -217,10 +237,16 @@ impl Faults {
                 TransientCode::Code1200
             }
         });
+        let entropy = rng.next_u64();
+        // Drawn after everything else, so that switching the throttle fault on or off does not
+        // shift any other decision (or the message and trace ids) for the same seed.
+        let throttle =
+            (rng.unit() < self.item_throttle_rate).then_some(self.throttle_regain_minutes);
         OpDecision {
             null,
             transient,
-            entropy: rng.next_u64(),
+            throttle,
+            entropy,
         }
     }
 
@@ -435,6 +461,41 @@ mod tests {
     }
 
     #[test]
+    fn throttle_rate_is_respected_and_shifts_no_other_decision() {
+        let base = Faults {
+            item_null_rate: 0.25,
+            item_transient_rate: 0.5,
+            ..Faults::default()
+        };
+        let throttling = Faults {
+            item_throttle_rate: 0.3,
+            throttle_regain_minutes: 7,
+            ..base.clone()
+        };
+        let n = 20_000u64;
+        let mut throttled = 0u64;
+        for i in 0..n {
+            let (a, b) = (base.decide_op(mix(i)), throttling.decide_op(mix(i)));
+            assert_eq!(a.throttle, None);
+            assert_eq!(
+                (a.null, a.transient, a.entropy),
+                (b.null, b.transient, b.entropy)
+            );
+            if let Some(minutes) = b.throttle {
+                assert_eq!(minutes, 7);
+                throttled += 1;
+            }
+        }
+        let share = throttled as f64 / n as f64;
+        assert!((share - 0.3).abs() < 0.02, "throttled {throttled}");
+        let all = Faults {
+            item_throttle_rate: 1.0,
+            ..Faults::default()
+        };
+        assert!((0..1000).all(|i| all.decide_op(mix(i)).throttle == Some(0)));
+    }
+
+    #[test]
     fn request_fates_split_by_rate() {
         let faults = Faults {
             drop_rate: 0.1,
@@ -520,6 +581,53 @@ mod tests {
         };
         assert_eq!(bad.validate(), Err(FaultsError::BatchRatesExceedOne));
         assert_eq!(Faults::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn validation_checks_the_throttle_rate() {
+        for value in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            let bad = Faults {
+                item_throttle_rate: value,
+                ..Faults::default()
+            };
+            assert!(
+                matches!(
+                    bad.validate(),
+                    Err(FaultsError::RateOutOfRange {
+                        field: "item_throttle_rate",
+                        ..
+                    })
+                ),
+                "{value} must be refused"
+            );
+        }
+        for value in [0.0, 0.3, 1.0] {
+            let good = Faults {
+                item_throttle_rate: value,
+                throttle_regain_minutes: 0,
+                ..Faults::default()
+            };
+            assert_eq!(good.validate(), Ok(()), "{value} must be accepted");
+        }
+        let long_wait = Faults {
+            item_throttle_rate: 0.5,
+            throttle_regain_minutes: 1440,
+            ..Faults::default()
+        };
+        assert_eq!(long_wait.validate(), Ok(()));
+        // Missing fields in the admin JSON mean "no fault".
+        let parsed: Faults = serde_json::from_str(r#"{"item_null_rate": 0.1}"#).unwrap();
+        assert_eq!(
+            (parsed.item_throttle_rate, parsed.throttle_regain_minutes),
+            (0.0, 0)
+        );
+        let parsed: Faults =
+            serde_json::from_str(r#"{"item_throttle_rate": 0.3, "throttle_regain_minutes": 5}"#)
+                .unwrap();
+        assert_eq!(
+            (parsed.item_throttle_rate, parsed.throttle_regain_minutes),
+            (0.3, 5)
+        );
     }
 
     #[test]

@@ -41,6 +41,18 @@
 //! - **`estimated_time_to_regain_access`** is the real (wall-clock) wait, rounded up to whole
 //!   minutes: with `--time-scale` it shrinks with the window. For the per-second ceiling it is 1
 //!   while throttled and 0 otherwise. The header is on every reply, not only on throttled ones.
+//!   The one exception is an injected throttle (below).
+//! - **Injected throttles** ([`Faults::item_throttle_rate`]) answer with the same 613/2534040 error
+//!   as a real limit and are accounted exactly like a real 613: the call has already been counted
+//!   by the limiter in every window of its Page (so injected throttles use up budget and per-second
+//!   room, and can push the Page into real throttling), in `calls`, `throttled_613` and
+//!   `rejected_by_code["613"]`; it is not delivered. Its own item headers and its request's outer
+//!   `X-Business-Use-Case-Usage` report, for its Page, `estimated_time_to_regain_access` =
+//!   [`Faults::throttle_regain_minutes`], or the real estimate if that is larger (real limits are
+//!   never under-reported). Other items of the same Page in the same batch keep their real figures,
+//!   and nothing carries over to later requests: the fault throttles operations, not the Page.
+//!   Precedence: `null` (not run) → real limits → validation → injected throttle → transient fault
+//!   → reserved recipients.
 //! - **Per-item usage headers**: when `include_headers` is on, every item carries
 //!   `X-Business-Use-Case-Usage` and `X-App-Usage` for its Page (whether the platform does is
 //!   unverified).
@@ -55,9 +67,11 @@
 //!
 //! Given the same seed and the same requests, the simulator gives the same reply bodies, whatever
 //! the interleaving of concurrent requests: each decision is derived from a hash of the seed, the
-//! content, and how many times that content was seen before (see [`faults`]). Two *identical*
-//! requests in flight at once may swap their answers. Rate limits, and the usage figures in the
-//! headers, depend on timing and are the deliberate exception.
+//! content, and how many times that content was seen before (see [`faults`]); this includes which
+//! operations get an injected throttle. Two *identical* requests in flight at once may swap their
+//! answers. Rate limits, and the usage figures in the headers, depend on timing and are the
+//! deliberate exception (an injected throttle's regain estimate is not: it is the configured
+//! value unless a real limit calls for more).
 
 mod batch;
 pub mod client;

@@ -207,7 +207,7 @@ pub struct TotalStats {
     pub delivered: u64,
     /// Operations answered with an error object.
     pub rejected: u64,
-    /// Operations refused with 613.
+    /// Operations refused with 613, by a real limit or by the injected throttle fault.
     pub throttled_613: u64,
     /// Operations answered `null` (fault or unexecuted dependency).
     pub nulls: u64,

@@ -415,7 +415,8 @@ async fn single_send(
         match authenticate(&shared, &directory, token.as_deref(), proof.as_deref()) {
             Err(error) => graph_error(&error, decision.entropy),
             Ok(caller) => {
-                // A single send has no `null`: only the transient part of the item faults applies.
+                // A single send has no `null`: only the transient and throttle parts of the item
+                // faults apply.
                 let op_decision = shared
                     .faults
                     .load()

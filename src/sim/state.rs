@@ -6,8 +6,9 @@
 //! record) are taken once per request or once per operation and released before anything waits.
 //!
 //! [`Shared::execute`] is the pipeline every operation goes through, batched or not:
-//! item token → addressed Page → limiter (counts the call) → validation → transient fault →
-//! reserved recipient → delivered. It does not know about HTTP, batches or dependencies.
+//! item token → addressed Page → limiter (counts the call) → validation → injected throttle →
+//! transient fault → reserved recipient → delivered. It does not know about HTTP, batches or
+//! dependencies.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -76,8 +77,12 @@ pub(crate) struct Outcome {
     pub body: String,
     /// The Page the operation was charged to, if it got that far.
     pub page: Option<Arc<Page>>,
-    /// That Page's usage right after this operation, for per-item headers.
+    /// That Page's usage right after this operation, for per-item headers. For an injected
+    /// throttle, `regain_minutes` is already raised to [`Outcome::regain_floor`].
     pub usage: Option<Usage>,
+    /// Set when an injected throttle refused the operation: the `estimated_time_to_regain_access`
+    /// the request's outer headers must report at least for this Page.
+    pub regain_floor: Option<u64>,
     /// Whether the item counts as a success for `depends_on` (2xx).
     pub success: bool,
     /// Set when the operation counts as delivered.
@@ -199,6 +204,7 @@ impl Shared {
                 body: error.to_json(&trace),
                 page: page.cloned(),
                 usage: None,
+                regain_floor: None,
                 success: false,
                 delivered: None,
             }
@@ -242,13 +248,25 @@ impl Shared {
         let limits = page.limits();
         let mut state = page.lock();
         let verdict = state.limiter.admit(now, media, limits);
-        let usage = state.limiter.usage(now, media, limits);
+        let mut usage = state.limiter.usage(now, media, limits);
         state.counters.on_call(second);
+        let mut regain_floor = None;
         let (status, body, delivered, success) = match (verdict, verdict_if_admitted) {
             (Verdict::Throttled { .. }, _) => {
                 state.counters.on_error(613);
                 Totals::add(&self.totals.throttled, 1);
                 Totals::add(&self.totals.rejected, 1);
+                let error = GraphError::rate_limited();
+                (error.status, error.to_json(&trace), false, false)
+            }
+            // An injected throttle: answered and counted exactly like the arm above (the limiter
+            // has already counted the call in every window), only the regain estimate differs.
+            (Verdict::Admitted, Ok(Reply::Throttled { regain_minutes })) => {
+                state.counters.on_error(613);
+                Totals::add(&self.totals.throttled, 1);
+                Totals::add(&self.totals.rejected, 1);
+                usage.regain_minutes = usage.regain_minutes.max(regain_minutes);
+                regain_floor = Some(regain_minutes);
                 let error = GraphError::rate_limited();
                 (error.status, error.to_json(&trace), false, false)
             }
@@ -285,14 +303,18 @@ impl Shared {
             body,
             page: Some(page.clone()),
             usage: Some(usage),
+            regain_floor,
             success,
             delivered,
         }
     }
 
-    /// The reply a valid, admitted operation gets: a transient fault, a reserved recipient's
-    /// error, or success.
+    /// The reply a valid, admitted operation gets: an injected throttle, a transient fault, a
+    /// reserved recipient's error, or success.
     fn reply_for(&self, valid: &Valid, decision: &OpDecision) -> Reply {
+        if let Some(regain_minutes) = decision.throttle {
+            return Reply::Throttled { regain_minutes };
+        }
         match decision.transient {
             Some(TransientCode::Code2) => return Reply::Error(GraphError::transient_2()),
             Some(TransientCode::Code1200) => return Reply::Error(GraphError::transient_1200()),
@@ -335,6 +357,10 @@ impl Shared {
 enum Reply {
     Success(String),
     Error(GraphError),
+    /// An injected 613 (`Faults::item_throttle_rate`), reporting at least this regain estimate.
+    Throttled {
+        regain_minutes: u64,
+    },
     /// An error reply for an operation that is nevertheless delivered (1/1357046).
     Ambiguous(GraphError),
 }
