@@ -15,7 +15,6 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::types::{FieldTable, ShortString};
-use serde::Deserialize;
 
 use crate::amqp::headers;
 use crate::amqp::{PublishError, Publisher, Topology};
@@ -46,30 +45,19 @@ pub enum PublishRunError {
     },
 }
 
-/// The fields `publish` reads to route a job; everything else is the job's business.
-#[derive(Deserialize)]
-struct Routing {
-    page_id: Option<serde_json::Value>,
-    job_id: Option<serde_json::Value>,
-}
-
-/// The routing key and message id of one line.
+/// The routing key and message id of one line: its `page_id` and `job_id`, when it is a JSON
+/// object that has them.
 pub fn routing_of(line: &str) -> (String, Option<String>) {
-    let routing: Option<Routing> = serde_json::from_str(line).ok();
-    let text = |v: Option<serde_json::Value>| match v? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let text = |key: &str| match value.get(key)? {
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    match routing {
-        Some(r) => (
-            text(r.page_id)
-                .filter(|p| p.len() <= 255)
-                .unwrap_or_else(|| "unrouted".to_string()),
-            text(r.job_id).filter(|j| j.len() <= 255),
-        ),
-        None => ("unrouted".to_string(), None),
-    }
+    (
+        text("page_id").unwrap_or_else(|| "unrouted".to_string()),
+        text("job_id"),
+    )
 }
 
 /// Publishes every non-blank line of `input` to `topology`'s jobs exchange.

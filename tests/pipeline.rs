@@ -407,3 +407,77 @@ async fn jobs_that_cannot_be_sent_are_dead_lettered_with_their_reason_and_contex
     drop(daemon);
     broker::delete_topology(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_page_cools_down_without_spending_attempts() {
+    use pagerelay::sim::Faults;
+    let prefix = broker::unique_prefix("throttled");
+    let pages = page_ids(2);
+    let mut config = SimConfig::default().with_seed(5).with_faults(Faults {
+        item_throttle_rate: 0.3,
+        throttle_regain_minutes: 0,
+        ..Faults::default()
+    });
+    for id in &pages {
+        config = config.with_page(PageConfig::new(id, format!("token-{id}"), 100_000));
+    }
+    let sim = Simulator::start(config).await.unwrap();
+    // One attempt only: if a 613 cost an attempt, its job would be dead-lettered.
+    let daemon = Daemon::start(
+        DaemonConfig::new(&prefix, &sim.base_url())
+            .pages(&pages, 100_000)
+            .section("retry", "max_attempts = 1"),
+    )
+    .await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let all: Vec<Value> = (0..400)
+        .map(|i| {
+            jobs::text_job(
+                &pages[i % 2],
+                &format!("{}", 3_000_000 + i),
+                &format!("job-{i}"),
+            )
+        })
+        .collect();
+    jobs::publish(&conn, &topology, &all).await;
+
+    let client = sim.client();
+    wait_for("400 deliveries", Duration::from_secs(120), || async {
+        let stats = client.stats().await.ok()?;
+        (stats.totals.delivered >= 400).then_some(())
+    })
+    .await;
+    let stats = client.stats().await.unwrap();
+    assert!(stats.totals.throttled_613 > 0, "613s were injected");
+    let counts = delivered(&sim).await;
+    assert_eq!(counts.len(), 400);
+    assert!(counts.values().all(|n| *n == 1));
+    assert_eq!(
+        daemon.metric("pagerelay_dead_letters_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        daemon
+            .metric("pagerelay_operations_total", &["outcome=\"retried\""])
+            .await,
+        0.0
+    );
+    assert!(
+        daemon
+            .metric("pagerelay_parked_total", &["reason=\"cooldown\""])
+            .await
+            >= stats.totals.throttled_613 as f64
+    );
+    assert_eq!(
+        daemon
+            .metric(
+                "pagerelay_graph_errors_total",
+                &["code=\"613\"", "decision=\"throttle\""]
+            )
+            .await,
+        stats.totals.throttled_613 as f64
+    );
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}

@@ -60,6 +60,7 @@ impl Lanes {
         }
         let (tx, rx) = unbounded_channel();
         let _ = tx.send(msg);
+        page.limiter().drain_rps();
         map.insert(page.id.clone(), tx.clone());
         metrics::gauge!(telemetry::LANES).set(map.len() as f64);
         let lane = Lane::new(shared.clone(), page, rx, tx);

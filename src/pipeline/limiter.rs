@@ -245,6 +245,14 @@ impl<C: Clock<Instant = Nanos> + Clone> PageLimiter<C> {
         (level, next)
     }
 
+    /// Empties the per-second bucket. A lane that starts for a Page does this, so the Page begins
+    /// at its steady rate without a burst: the Page may just have moved here from a process
+    /// (a shard failover) that was sending at the ceiling a moment ago, and the two together must
+    /// not exceed the platform's per-second limit.
+    pub fn drain_rps(&self) {
+        drain(&self.rps, self.ceilings.rps_burst.get());
+    }
+
     /// A limiter with a new plan or ceilings that starts as drained as this one is now, so that
     /// a change of quota never hands out an extra burst.
     pub fn rebuild(&self, plan: BudgetPlan, ceilings: Ceilings) -> Self {
@@ -445,6 +453,21 @@ mod tests {
         // Five cells refilled: a request for 8 gets those 5.
         assert_eq!(limiter.acquire(8), Grant::Granted(5));
         assert!(matches!(limiter.acquire(1), Grant::BudgetSpent(_)));
+    }
+
+    #[test]
+    fn a_drained_rps_bucket_starts_at_the_steady_rate() {
+        let clock = FakeRelativeClock::default();
+        let limiter = PageLimiter::new(
+            BudgetPlan::split(1_000_000, 0.1, DAY),
+            ceilings(250, 50),
+            clock.clone(),
+        );
+        limiter.drain_rps();
+        assert_eq!(limiter.acquire(1), Grant::Wait(Duration::from_millis(4)));
+        clock.advance(Duration::from_millis(40));
+        assert_eq!(limiter.acquire(50), Grant::Wait(Duration::from_millis(160)));
+        assert_eq!(limiter.acquire(10), Grant::Granted(10));
     }
 
     #[test]

@@ -99,3 +99,42 @@ fn encode(name: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+/// A consumer as the management API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub queue: String,
+    pub tag: String,
+    pub active: bool,
+}
+
+/// The consumers of queues whose names start with `prefix.`. The management API refreshes
+/// consumer activity every few seconds, so callers poll.
+pub async fn consumers(prefix: &str) -> Vec<ConsumerInfo> {
+    let client = reqwest::Client::new();
+    let Ok(response) = client
+        .get(format!("{}/api/consumers/%2F", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(body) = response.bytes().await else {
+        return Vec::new();
+    };
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|c| {
+            let queue = c["queue"]["name"].as_str()?.to_string();
+            queue
+                .starts_with(&format!("{prefix}."))
+                .then(|| ConsumerInfo {
+                    queue,
+                    tag: c["consumer_tag"].as_str().unwrap_or_default().to_string(),
+                    active: c["active"].as_bool().unwrap_or(false),
+                })
+        })
+        .collect()
+}
