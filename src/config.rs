@@ -197,6 +197,9 @@ pub struct PipelineSettings {
     pub lane_capacity: usize,
     /// Jobs a blocked Page lane (cooldown, budget spent, paused) holds before it parks the rest.
     pub blocked_lane_capacity: usize,
+    /// The longest a job should wait in a lane: a lane keeps only what its Page can send within
+    /// this time and parks the rest, so no delivery sits unacked for long.
+    pub max_hold: Duration,
     /// A lane without work for this long is dropped.
     pub idle_lane_ttl: Duration,
     /// Delivered job ids remembered by the duplicate guard, and for how long.
@@ -453,6 +456,7 @@ impl Default for RawRetry {
 struct RawPipeline {
     lane_capacity: i64,
     blocked_lane_capacity: i64,
+    max_hold: String,
     idle_lane_ttl: String,
     dedup_capacity: i64,
     dedup_ttl: String,
@@ -464,6 +468,7 @@ impl Default for RawPipeline {
         RawPipeline {
             lane_capacity: 500,
             blocked_lane_capacity: 50,
+            max_hold: "2s".into(),
             idle_lane_ttl: "5m".into(),
             dedup_capacity: 100_000,
             dedup_ttl: "1h".into(),
@@ -1008,6 +1013,7 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, ConfigError> 
     Ok(PipelineSettings {
         lane_capacity,
         blocked_lane_capacity,
+        max_hold: positive_duration("pipeline.max_hold", &raw.max_hold)?,
         idle_lane_ttl: positive_duration("pipeline.idle_lane_ttl", &raw.idle_lane_ttl)?,
         dedup_capacity: int_in(
             "pipeline.dedup_capacity",
@@ -1378,6 +1384,7 @@ impl Settings {
         let _ = writeln!(out, "\n[pipeline]");
         let _ = writeln!(out, "lane_capacity = {}", p.lane_capacity);
         let _ = writeln!(out, "blocked_lane_capacity = {}", p.blocked_lane_capacity);
+        let _ = writeln!(out, "max_hold = {}", d(p.max_hold));
         let _ = writeln!(out, "idle_lane_ttl = {}", d(p.idle_lane_ttl));
         let _ = writeln!(out, "dedup_capacity = {}", p.dedup_capacity);
         let _ = writeln!(out, "dedup_ttl = {}", d(p.dedup_ttl));

@@ -175,6 +175,17 @@ impl<T: LaneItem> LaneQueue<T> {
     }
 }
 
+/// How many jobs a lane keeps: what its Page can send within `horizon` at `rate` operations per
+/// second once it may send again (`blocked_for` from now), at least one while it may send at
+/// all, and never more than `capacity`.
+pub fn hold_limit(capacity: usize, rate: f64, horizon: Duration, blocked_for: Duration) -> usize {
+    if blocked_for > horizon {
+        return 0;
+    }
+    let sendable = ((horizon - blocked_for).as_secs_f64() * rate).floor() as usize;
+    sendable.clamp(1, capacity.max(1)).min(capacity)
+}
+
 /// Reserves a Page's future sending slots for the jobs parked outside its lane.
 #[derive(Debug, Default, Clone)]
 pub struct ParkPlanner {
@@ -332,6 +343,22 @@ mod tests {
             q.release(["same"]);
         }
         assert_eq!(sent, (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_lane_holds_what_its_page_can_send_soon() {
+        let s = Duration::from_secs;
+        // Healthy, 250/s for 2 s: the capacity (500) is the limit.
+        assert_eq!(hold_limit(500, 250.0, s(2), Duration::ZERO), 500);
+        assert_eq!(hold_limit(400, 250.0, s(2), Duration::ZERO), 400);
+        // A slow Page keeps less, but always one.
+        assert_eq!(hold_limit(500, 5.0, s(2), Duration::ZERO), 10);
+        assert_eq!(hold_limit(500, 0.001, s(2), Duration::ZERO), 1);
+        // Blocked for longer than the horizon: keep nothing.
+        assert_eq!(hold_limit(50, 250.0, s(2), s(30)), 0);
+        // Blocked briefly, refilling at 8/s: what goes out in the rest of the horizon.
+        assert_eq!(hold_limit(50, 8.0, s(2), Duration::from_millis(500)), 12);
+        assert_eq!(hold_limit(0, 250.0, s(2), Duration::ZERO), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,11 +1,11 @@
 //! Per-Page lanes: one task per Page with work, created on demand and dropped when idle.
 //!
 //! A lane holds its Page's jobs in a [`LaneQueue`], asks the Page's [`Admission`] whether it may
-//! send, asks its limiter how much, and hands batches to [`super::dispatch`]. What it cannot hold
-//! it parks: beyond `lane_capacity` jobs when the Page is healthy, beyond
-//! `blocked_lane_capacity` when it is paused, cooling down, out of budget or behind an open
-//! circuit. So a slow or blocked Page never holds more than a bounded share of the prefetch
-//! window, and other Pages never wait for it.
+//! send, asks its limiter how much, and hands batches to [`super::dispatch`]. What it cannot send
+//! soon it parks: it keeps only what the Page can send within `max_hold` (and at most
+//! `lane_capacity`, or `blocked_lane_capacity` while the Page is paused, cooling down, out of
+//! budget or behind an open circuit). So a slow or blocked Page never holds more than a bounded
+//! share of the prefetch window, no delivery stays unacked for long, and other Pages never wait.
 //!
 //! The consumer only ever pushes into a lane's unbounded inbox (its size is bounded by the
 //! prefetch window), so routing never blocks on a busy Page.
@@ -22,7 +22,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::{Instant, sleep_until};
 
-use super::batcher::{LaneItem, LaneQueue, ParkPlanner};
+use super::batcher::{LaneItem, LaneQueue, ParkPlanner, hold_limit};
 use super::limiter::Grant;
 use super::outcome::{Outcome, ParkReason};
 use super::registry::{Admission, PageState};
@@ -228,12 +228,14 @@ impl Lane {
         let probe = match self.page.admission(now) {
             Admission::Blocked { reason, until } => {
                 let rate = self.blocked_rate(reason);
-                self.shed(
+                let blocked_for = until.saturating_duration_since(now);
+                let keep = hold_limit(
                     pipeline.blocked_lane_capacity,
-                    reason,
-                    until.saturating_duration_since(now),
                     rate,
+                    pipeline.max_hold,
+                    blocked_for,
                 );
+                self.shed(keep, reason, blocked_for, rate);
                 self.wake_at = Some(until);
                 return;
             }
@@ -241,12 +243,13 @@ impl Lane {
             Admission::Open => false,
         };
         let rate = f64::from(self.page.config().ceilings.rps.get());
-        self.shed(
+        let keep = hold_limit(
             pipeline.lane_capacity,
-            ParkReason::LaneFull,
-            Duration::ZERO,
             rate,
+            pipeline.max_hold,
+            Duration::ZERO,
         );
+        self.shed(keep, ParkReason::LaneFull, Duration::ZERO, rate);
         self.dispatch(now, probe);
     }
 
