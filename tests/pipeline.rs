@@ -294,13 +294,12 @@ async fn jobs_that_cannot_be_sent_are_dead_lettered_with_their_reason_and_contex
     .await;
     jobs::publish(&conn, &topology, &[jobs::text_job(page, "34", "good-1")]).await;
 
-    let letters = wait_for("11 dead letters", Duration::from_secs(60), || {
+    wait_for("11 dead letters", Duration::from_secs(60), || {
         let conn = &conn;
         let queue = topology.dead_queue();
         async move { (jobs::depth(conn, &queue).await >= 11).then_some(()) }
     })
     .await;
-    let _ = letters;
     let letters = jobs::drain(&conn, &topology.dead_queue()).await;
     assert_eq!(
         letters.len(),
