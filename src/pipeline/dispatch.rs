@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::lane::LaneMsg;
 use super::outcome::{Outcome, ParkReason};
-use super::registry::{PageState, Signal};
+use super::registry::{Admission, PageState, Signal};
 use super::{Envelope, Shared};
 use crate::amqp::headers::{DeadLetterReason, ErrorContext};
 use crate::graph::Outcome as ItemOutcome;
@@ -86,12 +86,12 @@ async fn send_inner(
     if results.items.iter().any(|i| i.answered) {
         page.signal(Signal::Answered, retry);
     }
-    if results.result != "ok"
+    let batch_failed = results.result != "ok"
         && results
             .items
             .iter()
-            .all(|i| matches!(i.decision, Decision::Retry(_)))
-    {
+            .all(|i| matches!(i.decision, Decision::Retry(_)));
+    if batch_failed {
         page.signal(Signal::BatchFailed, retry);
     }
     if let Some(reason) = results.items.iter().find_map(|i| match i.decision {
@@ -115,6 +115,16 @@ async fn send_inner(
     let cooldown = page
         .with_control(|c| c.cooldown_remaining(Instant::now()))
         .max(retry.tiers[0]);
+    // Once a Page's circuit is open, a failed batch (the one that opened it, or a failed probe)
+    // parks its jobs instead of spending their attempts: an outage of any length costs a job at
+    // most the few attempts made before the circuit opened.
+    let circuit_wait = match page.admission(Instant::now()) {
+        Admission::Blocked {
+            reason: ParkReason::CircuitOpen,
+            until,
+        } if batch_failed => Some(until.saturating_duration_since(Instant::now())),
+        _ => None,
+    };
 
     let mut counts = Counts::default();
     let settles = batch
@@ -142,6 +152,10 @@ async fn send_inner(
                 Decision::Throttle => Outcome::Park {
                     reason: ParkReason::Cooldown,
                     delay: cooldown,
+                },
+                Decision::Retry(_) if circuit_wait.is_some() => Outcome::Park {
+                    reason: ParkReason::CircuitOpen,
+                    delay: circuit_wait.unwrap_or_default().max(retry.tiers[0]),
                 },
                 Decision::Retry(kind) => Outcome::Retry {
                     error: item.context(),
@@ -189,9 +203,11 @@ impl Item {
             BatchFailure::Rejected { error, .. } => Some(error.clone()),
             _ => None,
         };
+        // A whole-batch failure is never a sign of health, even when it carries a Graph error
+        // code (a 503 with code 2, say): it must not close the Page's circuit.
         Item {
             decision,
-            answered: error.as_ref().is_some_and(|e| e.code.is_some()),
+            answered: false,
             error,
             failure: Some(failure.to_string()),
         }

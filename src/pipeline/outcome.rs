@@ -432,25 +432,28 @@ pub async fn settle(
     }
 }
 
+/// How long an ack or nack may take. They are fire-and-forget frames, so this only ever runs
+/// out when the connection died under them — and then the broker requeues the delivery anyway.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn ack(acker: &Acker) -> Result<(), SettleError> {
-    match acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(SettleError::ChannelGone),
-        Err(e) => Err(SettleError::Ack(e)),
+    let acked = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
+    match acked {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) | Err(_) => Err(SettleError::ChannelGone),
+        Ok(Err(e)) => Err(SettleError::Ack(e)),
     }
 }
 
 async fn requeue(acker: &Acker) -> Result<(), SettleError> {
-    match acker
-        .nack(BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        })
-        .await
-    {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(SettleError::ChannelGone),
-        Err(e) => Err(SettleError::Ack(e)),
+    let nack = acker.nack(BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    });
+    match tokio::time::timeout(ACK_TIMEOUT, nack).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) | Err(_) => Err(SettleError::ChannelGone),
+        Ok(Err(e)) => Err(SettleError::Ack(e)),
     }
 }
 

@@ -138,3 +138,61 @@ pub async fn consumers(prefix: &str) -> Vec<ConsumerInfo> {
         })
         .collect()
 }
+
+/// A RabbitMQ node of a test's own (`deploy/rabbitmq/node.sh`), for tests that stop and restart
+/// the broker without disturbing the one every other test shares. Forgotten (stopped, data
+/// deleted) on drop.
+pub struct OwnNode {
+    pub name: String,
+    pub port: u16,
+}
+
+impl OwnNode {
+    /// Starts a node with a free AMQP port (its management and distribution ports, +10000 and
+    /// +20000, are free too).
+    pub fn start(name: &str) -> OwnNode {
+        let port = (20_000u16..25_000)
+            .step_by(7)
+            .skip((std::process::id() % 500) as usize)
+            .find(|p| {
+                [*p, p + 10_000, p + 20_000]
+                    .iter()
+                    .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
+            })
+            .expect("a free port range");
+        let name = format!("{name}-{}", std::process::id());
+        let node = OwnNode { name, port };
+        node.run(&["start", &node.name.clone(), &port.to_string()]);
+        node
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn stop(&self) {
+        self.run(&["stop", &self.name]);
+    }
+
+    pub fn restart(&self) {
+        self.run(&["start", &self.name, &self.port.to_string()]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq/node.sh");
+        let status = std::process::Command::new(script)
+            .args(args)
+            .status()
+            .expect("node.sh runs");
+        assert!(status.success(), "node.sh {args:?} failed");
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq/node.sh");
+        let _ = std::process::Command::new(script)
+            .args(["forget", &self.name])
+            .status();
+    }
+}

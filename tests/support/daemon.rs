@@ -18,6 +18,8 @@ use super::broker;
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub prefix: String,
+    /// The broker; the shared local one unless a test runs its own node.
+    pub amqp_url: String,
     pub graph_url: String,
     /// Page id → audience ("auto" or a number as written in TOML).
     pub pages: BTreeMap<String, String>,
@@ -35,6 +37,7 @@ impl DaemonConfig {
     pub fn new(prefix: &str, graph_url: &str) -> Self {
         let config = DaemonConfig {
             prefix: prefix.to_string(),
+            amqp_url: broker::amqp_url(),
             graph_url: graph_url.to_string(),
             pages: BTreeMap::new(),
             tokens: BTreeMap::new(),
@@ -87,7 +90,7 @@ impl DaemonConfig {
         let mut text = String::from("tokens_file = \"tokens.toml\"\n\n[amqp]\n");
         text.push_str(&format!(
             "url = \"{}\"\nprefix = \"{}\"\nshards = {}\nprefetch = {}\nreconnect_min_delay = \"200ms\"\nreconnect_max_delay = \"2s\"\n",
-            broker::amqp_url(),
+            self.amqp_url,
             self.prefix,
             self.shards,
             self.prefetch
@@ -297,6 +300,26 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The last lines of the log and the pipeline's counters, for a failing test to print.
+    pub async fn diagnostics(&self) -> String {
+        let logs = self.logs();
+        let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+        let metrics = reqwest::get(format!("{}/metrics", self.admin)).await;
+        let metrics = match metrics {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("(no metrics: {e})"),
+        };
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("page=") && !l.contains("_bucket"))
+            .collect();
+        format!(
+            "--- last log lines ---\n{}\n--- metrics ---\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            counters.join("\n")
+        )
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,377 @@
+//! Staying up: pagerelay survives a broker restart, a graceful stop and restart, a Graph
+//! outage, a revoked-then-rotated token and a bad reload, and follows a Page's audience — losing
+//! nothing and sending nothing twice. Assertions are made on the simulator's record.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use pagerelay::sim::{OutageMode, PageConfig, PageUpdate, SimConfig, Simulator};
+use serde_json::Value;
+
+use support::daemon::{Daemon, DaemonConfig};
+use support::{broker, jobs, wait_for};
+
+fn page_ids(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{}", 200_000_000_000_000u64 + i as u64))
+        .collect()
+}
+
+async fn sim_with(pages: &[String], audience: u64, latency_ms: u64) -> Simulator {
+    let mut config = SimConfig::default().with_seed(3);
+    // These tests are about surviving failures, not about rates: a generous per-second limit
+    // keeps a CPU-starved moment on a busy 2-core machine from adding a cooldown to the story.
+    config.rps_limit = 100_000;
+    config.faults.latency_p50_ms = latency_ms;
+    config.faults.latency_p99_ms = latency_ms;
+    for id in pages {
+        config = config.with_page(PageConfig::new(id, format!("token-{id}"), audience));
+    }
+    Simulator::start(config).await.unwrap()
+}
+
+fn workload(pages: &[String], n: usize, tag: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            jobs::text_job(
+                &pages[i % pages.len()],
+                &format!("{}", 5_000_000 + i % 2000),
+                &format!("{tag}-{i}"),
+            )
+        })
+        .collect()
+}
+
+/// How many times each job arrived, per the simulator.
+async fn arrivals(sim: &Simulator) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for d in sim.client().all_deliveries().await.unwrap() {
+        *counts
+            .entry(jobs::job_id_of(&d.body).unwrap_or_default())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Like [`wait_delivered`], printing the daemon's diagnostics before failing.
+async fn wait_delivered_or_explain(sim: &Simulator, n: u64, within: Duration, daemon: &Daemon) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if sim.client().stats().await.unwrap().totals.delivered >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let delivered = sim.client().stats().await.unwrap().totals.delivered;
+    panic!(
+        "only {delivered} of {n} delivered within {within:?}\n{}",
+        daemon.diagnostics().await
+    );
+}
+
+async fn wait_delivered(sim: &Simulator, n: u64, within: Duration) {
+    let client = sim.client();
+    wait_for(&format!("{n} deliveries"), within, || async {
+        let stats = client.stats().await.ok()?;
+        (stats.totals.delivered >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_nothing() {
+    let node = broker::OwnNode::start("restart");
+    // Two Pages at 250/s each: 20,000 jobs take about 40 s, so the restart lands mid-run.
+    let pages = page_ids(2);
+    let sim = sim_with(&pages, 1_000_000, 5).await;
+    let mut config = DaemonConfig::new("restart", &sim.base_url()).pages(&pages, 1_000_000);
+    config.amqp_url = node.url();
+    let daemon = Daemon::start(config).await;
+    let topology = daemon.topology();
+    let publisher_conn = lapin::Connection::connect(&node.url(), Default::default())
+        .await
+        .unwrap();
+    let all = workload(&pages, 20_000, "job");
+    jobs::publish(&publisher_conn, &topology, &all).await;
+    let _ = publisher_conn.close(200, "published".into()).await;
+
+    wait_delivered(&sim, 4_000, Duration::from_secs(60)).await;
+    node.stop();
+    // Not ready while the broker is away.
+    wait_for("/readyz to turn false", Duration::from_secs(30), || async {
+        let (status, body) = daemon.readyz().await?;
+        (status == 503 && body["checks"]["connected"] == false).then_some(())
+    })
+    .await;
+    let during = sim.client().stats().await.unwrap().totals.delivered;
+    assert!(during < 20_000, "the broker went away mid-run");
+    node.restart();
+    daemon.wait_ready(Duration::from_secs(60)).await;
+    wait_delivered_or_explain(&sim, 20_000, Duration::from_secs(120), &daemon).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let counts = arrivals(&sim).await;
+    let missing = (0..20_000)
+        .filter(|i| !counts.contains_key(&format!("job-{i}")))
+        .count();
+    let twice = counts.values().filter(|n| **n > 1).count();
+    eprintln!("delivered {during} before the restart; missing {missing}; sent twice {twice}");
+    assert_eq!(missing, 0, "nothing lost");
+    assert_eq!(
+        twice, 0,
+        "the duplicate guard acked the redeliveries of delivered jobs"
+    );
+    assert!(daemon.metric("pagerelay_amqp_reconnects_total", &[]).await >= 1.0);
+    let conn = lapin::Connection::connect(&node.url(), Default::default())
+        .await
+        .unwrap();
+    for queue in topology.all_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} is not empty");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_work_back_and_a_new_process_finishes_it() {
+    let prefix = broker::unique_prefix("sigterm");
+    let pages = page_ids(20);
+    let sim = sim_with(&pages, 1_000_000, 20).await;
+    let config = DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000);
+    let mut first = Daemon::start(config.clone()).await;
+    let conn = broker::connect().await;
+    let topology = first.topology();
+    jobs::publish(&conn, &topology, &workload(&pages, 5_000, "job")).await;
+
+    wait_delivered(&sim, 1_000, Duration::from_secs(60)).await;
+    let status = first.stop().await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        first.logs()
+    );
+    let at_stop = sim.client().stats().await.unwrap().totals.delivered;
+    assert!(first.logs().contains("draining"), "the shutdown drained");
+    assert!(at_stop < 5_000, "stopped mid-run");
+
+    let second = Daemon::start(config).await;
+    wait_delivered(&sim, 5_000, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = arrivals(&sim).await;
+    let missing = (0..5_000)
+        .filter(|i| !counts.contains_key(&format!("job-{i}")))
+        .count();
+    let twice = counts.values().filter(|n| **n > 1).count();
+    eprintln!("{at_stop} delivered by the first process; missing {missing}; sent twice {twice}");
+    assert_eq!(missing, 0);
+    // Every Graph reply arrived before the stop finished, so nothing was sent twice.
+    assert_eq!(twice, 0);
+    for queue in topology.all_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} is not empty");
+    }
+    drop(second);
+    broker::delete_topology(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_outage_parks_and_delivery_resumes_after_it() {
+    let prefix = broker::unique_prefix("outage");
+    let pages = page_ids(10);
+    let sim = sim_with(&pages, 1_000_000, 5).await;
+    let daemon =
+        Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000)).await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let client = sim.client();
+
+    jobs::publish(&conn, &topology, &workload(&pages, 500, "before")).await;
+    wait_delivered(&sim, 500, Duration::from_secs(60)).await;
+    client
+        .start_outage(Some(Duration::from_secs(30)), OutageMode::Http503)
+        .await
+        .unwrap();
+    jobs::publish(&conn, &topology, &workload(&pages, 2_000, "during")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        daemon.metric("pagerelay_page_circuit_open", &[]).await >= 1.0,
+        "circuits opened"
+    );
+
+    wait_delivered(&sim, 2_500, Duration::from_secs(90)).await;
+    let counts = arrivals(&sim).await;
+    assert_eq!(counts.len(), 2_500);
+    assert!(counts.values().all(|n| *n == 1));
+    assert_eq!(
+        daemon.metric("pagerelay_dead_letters_total", &[]).await,
+        0.0,
+        "nothing dead-lettered for the outage"
+    );
+    assert!(
+        daemon
+            .metric("pagerelay_parked_total", &["reason=\"circuit_open\""])
+            .await
+            > 0.0
+    );
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing() {
+    let prefix = broker::unique_prefix("rotate");
+    let pages = page_ids(3);
+    let sim = sim_with(&pages, 1_000_000, 0).await;
+    let client = sim.client();
+    let revoked = pages[0].clone();
+    client
+        .update_page(
+            &revoked,
+            &PageUpdate {
+                revoked: Some(true),
+                ..PageUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut daemon =
+        Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000)).await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    jobs::publish(&conn, &topology, &workload(&pages, 300, "job")).await;
+
+    // The other Pages deliver; the revoked one pauses and parks its jobs.
+    wait_delivered(&sim, 200, Duration::from_secs(60)).await;
+    let paused = wait_for("the Page to pause", Duration::from_secs(30), || async {
+        let pages = daemon.pages().await;
+        let view = pages
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == revoked.as_str())?
+            .clone();
+        (view["paused"] == "token_invalid").then_some(view)
+    })
+    .await;
+    assert_eq!(paused["blocked"], "paused");
+    assert_eq!(
+        daemon.logs().matches("paused: token_invalid").count(),
+        1,
+        "logged once, not per job"
+    );
+
+    // A reload with a broken tokens file is refused and changes nothing.
+    std::fs::write(
+        daemon.dir.path().join("tokens.toml"),
+        "this is = = not toml",
+    )
+    .unwrap();
+    daemon.signal(Signal::SIGHUP);
+    wait_for("the failed reload", Duration::from_secs(10), || async {
+        (daemon
+            .metric("pagerelay_config_reloads_total", &["result=\"failed\""])
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(daemon.logs().contains("reload rejected"));
+
+    // Rotate: the platform gets a new token, and so does pagerelay.
+    client
+        .update_page(
+            &revoked,
+            &PageUpdate {
+                token: Some("token-rotated".into()),
+                revoked: Some(false),
+                ..PageUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    daemon.set_token(&revoked, "token-rotated");
+    daemon.signal(Signal::SIGHUP);
+    wait_delivered(&sim, 300, Duration::from_secs(60)).await;
+    let counts = arrivals(&sim).await;
+    assert_eq!(counts.len(), 300);
+    assert!(counts.values().all(|n| *n == 1));
+    assert_eq!(
+        daemon
+            .metric("pagerelay_config_reloads_total", &["result=\"ok\""])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        daemon.metric("pagerelay_dead_letters_total", &[]).await,
+        0.0
+    );
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_audience_follows_the_insights() {
+    let prefix = broker::unique_prefix("audience");
+    let pages = page_ids(1);
+    let sim = sim_with(&pages, 1_000, 0).await;
+    let daemon = Daemon::start(
+        DaemonConfig::new(&prefix, &sim.base_url())
+            .page(&pages[0], "auto")
+            .section("limits", "audience_refresh = \"1s\""),
+    )
+    .await;
+    let view = || async {
+        let pages = daemon.pages().await;
+        pages.as_array().unwrap()[0].clone()
+    };
+    let first = wait_for(
+        "the audience from insights",
+        Duration::from_secs(10),
+        || async {
+            let v = view().await;
+            (v["audience"] == 1_000).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(first["audience_source"], "insights");
+    assert_eq!(first["budget"], 190_000);
+
+    sim.client()
+        .update_page(
+            &pages[0],
+            &PageUpdate {
+                audience: Some(2_000),
+                ..PageUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let second = wait_for("the new audience", Duration::from_secs(10), || async {
+        let v = view().await;
+        (v["audience"] == 2_000).then_some(v)
+    })
+    .await;
+    assert_eq!(second["budget"], 380_000);
+
+    // A failed read keeps the last known audience.
+    sim.client()
+        .update_page(
+            &pages[0],
+            &PageUpdate {
+                revoked: Some(true),
+                ..PageUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_for("a failed refresh", Duration::from_secs(10), || async {
+        (daemon
+            .metric("pagerelay_audience_refreshes_total", &["result=\"failed\""])
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(view().await["audience"], 2_000);
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
