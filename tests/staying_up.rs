@@ -375,3 +375,49 @@ async fn an_auto_audience_follows_the_insights() {
     drop(daemon);
     broker::delete_topology(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_still_loses_nothing() {
+    let prefix = broker::unique_prefix("two-signals");
+    let pages = page_ids(5);
+    // Slow replies, so that batches are in flight when the signals come.
+    let sim = sim_with(&pages, 1_000_000, 2_000).await;
+    let config = DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000);
+    let mut first = Daemon::start(config.clone()).await;
+    let conn = broker::connect().await;
+    let topology = first.topology();
+    jobs::publish(&conn, &topology, &workload(&pages, 2_000, "job")).await;
+    wait_delivered(&sim, 200, Duration::from_secs(60)).await;
+
+    first.signal(Signal::SIGTERM);
+    // Signals sent back to back coalesce; the second comes while the first drains.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.signal(Signal::SIGTERM);
+    let status = first.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(130), "the second signal exits at once");
+
+    let second = Daemon::start(config).await;
+    // Count distinct jobs: the batches in flight at the exit may arrive twice.
+    let counts = wait_for(
+        "every job at least once",
+        Duration::from_secs(120),
+        || async {
+            let counts = arrivals(&sim).await;
+            (counts.len() >= 2_000).then_some(counts)
+        },
+    )
+    .await;
+    let missing = (0..2_000)
+        .filter(|i| !counts.contains_key(&format!("job-{i}")))
+        .count();
+    let twice = counts.values().filter(|n| **n > 1).count();
+    eprintln!("missing {missing}; sent twice {twice} (batches in flight at the exit)");
+    assert_eq!(missing, 0, "nothing lost");
+    // Only batches in flight at the exit can have been sent twice.
+    assert!(twice <= 4 * 5 * 50, "{twice} sent twice");
+    for queue in topology.all_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} is not empty");
+    }
+    drop(second);
+    broker::delete_topology(&prefix).await;
+}
