@@ -21,10 +21,13 @@ fn page_ids(n: usize) -> Vec<String> {
 }
 
 async fn sim_with(pages: &[String], audience: u64, latency_ms: u64) -> Simulator {
-    let mut config = SimConfig::default().with_seed(3);
     // These tests are about surviving failures, not about rates: a generous per-second limit
     // keeps a CPU-starved moment on a busy 2-core machine from adding a cooldown to the story.
-    config.rps_limit = 100_000;
+    let mut config = SimConfig {
+        rps_limit: 100_000,
+        ..SimConfig::default()
+    }
+    .with_seed(3);
     config.faults.latency_p50_ms = latency_ms;
     config.faults.latency_p99_ms = latency_ms;
     for id in pages {
