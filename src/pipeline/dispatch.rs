@@ -78,8 +78,6 @@ async fn send_inner(
     metrics::histogram!(telemetry::GRAPH_DURATION).record(elapsed.as_secs_f64());
     metrics::histogram!(telemetry::BATCH_SIZE).record(size as f64);
     metrics::counter!(telemetry::GRAPH_REQUESTS, "result" => results.result).increment(1);
-    page.volume
-        .fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
 
     // The Page's health first, so that parked jobs get the cooldown just decided.
     let retry = &shared.settings.retry;

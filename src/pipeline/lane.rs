@@ -278,15 +278,17 @@ impl Lane {
                 .park_due_ms
                 .filter(|due| *due > now_ms)
                 .map(|due| Duration::from_millis((due - now_ms) as u64));
-            let delay = match reason {
-                // A job back from an earlier park keeps its reservation.
-                ParkReason::LaneFull if envelope.state.parked > 0 => {
-                    self.planner.returning(remaining, queued, rate)
+            let delay = if envelope.state.parked > 0 {
+                // Back from an earlier park: it keeps its reservation rather than taking a new
+                // one, or every return would push the whole schedule back.
+                blocked_for.max(self.planner.returning(remaining, queued, rate))
+            } else {
+                match reason {
+                    ParkReason::LaneFull | ParkReason::Budget => {
+                        blocked_for.max(self.planner.reserve(now, queued, rate))
+                    }
+                    _ => blocked_for.max(self.shared.settings.retry.tiers[0]),
                 }
-                ParkReason::LaneFull | ParkReason::Budget => {
-                    blocked_for.max(self.planner.reserve(now, queued, rate))
-                }
-                _ => blocked_for.max(self.shared.settings.retry.tiers[0]),
             };
             let shared = self.shared.clone();
             tokio::spawn(async move {
