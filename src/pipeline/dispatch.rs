@@ -50,6 +50,7 @@ async fn send_inner(
     lane: UnboundedSender<LaneMsg>,
 ) {
     let size = batch.len();
+    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).increment(1.0);
     metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).increment(size as f64);
     let recipients: Vec<String> = batch.iter().map(|e| e.job.recipient.clone()).collect();
     let config = page.config();
@@ -124,6 +125,19 @@ async fn send_inner(
         _ => None,
     };
 
+    // The one batch line at warn: a request that failed as a whole (logged before settling, so
+    // the first item's failure can be borrowed). Item-level errors are counted, not logged: the
+    // dead letters and retries carry them.
+    if results.result != "ok" {
+        let failure = results.items.iter().find_map(|i| i.failure.as_deref());
+        tracing::warn!(
+            result = results.result,
+            failure,
+            duration_ms = elapsed.as_millis() as u64,
+            "batch request failed"
+        );
+    }
+
     let mut counts = Counts::default();
     let settles = batch
         .into_iter()
@@ -182,6 +196,7 @@ async fn send_inner(
     span.record("duration_ms", elapsed.as_millis() as u64);
     tracing::debug!("batch settled");
     metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).decrement(size as f64);
+    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).decrement(1.0);
     let _ = lane.send(LaneMsg::Done { recipients });
 }
 

@@ -336,9 +336,13 @@ impl Lane {
                     break;
                 }
             };
-            if let Some(since) = self.limited_since.take() {
-                metrics::histogram!(telemetry::LIMITER_WAIT).record(since.elapsed().as_secs_f64());
-            }
+            // Every batch records its wait, zero included, so the histogram's count is the
+            // batch count and its low buckets show how often the ceiling held nothing back.
+            let waited = self
+                .limited_since
+                .take()
+                .map_or(0.0, |s| s.elapsed().as_secs_f64());
+            metrics::histogram!(telemetry::LIMITER_WAIT).record(waited);
             let media = self.queue.media_in(granted);
             let media_allowed = match limiter.acquire_media(media as u32) {
                 Ok(()) => media,

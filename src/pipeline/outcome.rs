@@ -38,6 +38,10 @@ pub enum ParkReason {
 }
 
 impl ParkReason {
+    /// Every value of [`ParkReason::as_str`], for metrics that start at zero.
+    pub const LABELS: [&'static str; 5] =
+        ["budget", "cooldown", "lane_full", "circuit_open", "paused"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ParkReason::Budget => "budget",
@@ -732,5 +736,29 @@ mod tests {
         assert_eq!(park_tier(s(5), &tiers), s(5));
         assert_eq!(park_tier(s(29), &tiers), s(5));
         assert_eq!(park_tier(s(86_400), &tiers), s(3600));
+    }
+
+    #[test]
+    fn park_labels_list_every_reason() {
+        // A new variant fails to compile here, as a reminder to list it below.
+        match ParkReason::Budget {
+            ParkReason::Budget
+            | ParkReason::Cooldown
+            | ParkReason::LaneFull
+            | ParkReason::CircuitOpen
+            | ParkReason::Paused(_) => {}
+        }
+        let reasons = [
+            ParkReason::Budget,
+            ParkReason::Cooldown,
+            ParkReason::LaneFull,
+            ParkReason::CircuitOpen,
+            ParkReason::Paused(StopReason::TokenInvalid),
+            ParkReason::Paused(StopReason::AppSecretInvalid),
+            ParkReason::Paused(StopReason::PageBlocked),
+        ];
+        let mut labels: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+        labels.dedup();
+        assert_eq!(labels, ParkReason::LABELS);
     }
 }

@@ -357,6 +357,5 @@ fn page_gauges(shared: &Shared) {
     metrics::gauge!(telemetry::PAGE_LANE_DEPTH, "page" => telemetry::OTHER_PAGES)
         .set(other_depth as f64);
     metrics::gauge!(telemetry::LANES).set(shared.lanes.len() as f64);
-    let in_flight = shared.settings.graph.max_in_flight - shared.in_flight.available_permits();
-    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).set(in_flight as f64);
+    telemetry::touch_event_gauges();
 }

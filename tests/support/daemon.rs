@@ -31,6 +31,9 @@ pub struct DaemonConfig {
     pub env: Vec<(String, String)>,
     /// Settings by section and key, values as TOML (`[retry] max_attempts = 5` …).
     pub sections: BTreeMap<&'static str, BTreeMap<String, String>>,
+    /// Write the Pages to a separate `pages_file` instead of inline `[[pages]]`, as large
+    /// registries are deployed.
+    pub pages_in_file: bool,
 }
 
 impl DaemonConfig {
@@ -45,6 +48,7 @@ impl DaemonConfig {
             prefetch: 1000,
             env: Vec::new(),
             sections: BTreeMap::new(),
+            pages_in_file: false,
         };
         config
             .section(
@@ -54,6 +58,21 @@ impl DaemonConfig {
             )
             .section("graph", "linger = \"5ms\"\nrequest_timeout = \"10s\"")
             .section("pipeline", "shutdown_grace = \"10s\"")
+            .section("logging", "format = \"json\"\nlevel = \"info\"")
+    }
+
+    /// Lists the Pages in `pages.toml`, named by `pages_file`.
+    pub fn pages_in_file(mut self) -> Self {
+        self.pages_in_file = true;
+        self
+    }
+
+    /// Configures the app secret for `appsecret_proof`, passed the way production passes it:
+    /// through the environment variable that `graph.app_secret_env` names.
+    pub fn app_secret(mut self, secret: &str) -> Self {
+        self.env
+            .push(("PAGERELAY_TEST_APP_SECRET".to_string(), secret.to_string()));
+        self.section("graph", "app_secret_env = \"PAGERELAY_TEST_APP_SECRET\"")
     }
 
     pub fn page(mut self, id: &str, audience: impl ToString) -> Self {
@@ -87,29 +106,56 @@ impl DaemonConfig {
     }
 
     fn settings_text(&self, admin_port: u16) -> String {
-        let mut text = String::from("tokens_file = \"tokens.toml\"\n\n[amqp]\n");
-        text.push_str(&format!(
-            "url = \"{}\"\nprefix = \"{}\"\nshards = {}\nprefetch = {}\nreconnect_min_delay = \"200ms\"\nreconnect_max_delay = \"2s\"\n",
-            self.amqp_url,
-            self.prefix,
-            self.shards,
-            self.prefetch
-        ));
-        text.push_str(&format!("\n[graph]\nbase_url = \"{}\"\n", self.graph_url));
-        for (key, value) in self.sections.get("graph").into_iter().flatten() {
-            text.push_str(&format!("{key} = {value}\n"));
+        let mut text = String::from("tokens_file = \"tokens.toml\"\n");
+        if self.pages_in_file {
+            text.push_str("pages_file = \"pages.toml\"\n");
         }
+        // The fixed keys first, then `sections` over them: a TOML table may appear only once.
+        let quoted = |v: &str| format!("\"{v}\"");
+        let mut sections: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+        sections.insert(
+            "amqp",
+            [
+                ("url", quoted(&self.amqp_url)),
+                ("prefix", quoted(&self.prefix)),
+                ("shards", self.shards.to_string()),
+                ("prefetch", self.prefetch.to_string()),
+                ("reconnect_min_delay", quoted("200ms")),
+                ("reconnect_max_delay", quoted("2s")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        sections.insert(
+            "graph",
+            [("base_url".to_string(), quoted(&self.graph_url))].into(),
+        );
+        sections.insert(
+            "admin",
+            [(
+                "listen".to_string(),
+                quoted(&format!("127.0.0.1:{admin_port}")),
+            )]
+            .into(),
+        );
         for (name, keys) in &self.sections {
-            if *name != "graph" {
-                text.push_str(&format!("\n[{name}]\n"));
-                for (key, value) in keys {
-                    text.push_str(&format!("{key} = {value}\n"));
-                }
+            sections.entry(name).or_default().extend(keys.clone());
+        }
+        for (name, keys) in &sections {
+            text.push_str(&format!("\n[{name}]\n"));
+            for (key, value) in keys {
+                text.push_str(&format!("{key} = {value}\n"));
             }
         }
-        text.push_str(&format!(
-            "\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[logging]\nformat = \"json\"\nlevel = \"info\"\n"
-        ));
+        if !self.pages_in_file {
+            text.push_str(&self.pages_text());
+        }
+        text
+    }
+
+    fn pages_text(&self) -> String {
+        let mut text = String::new();
         for (id, audience) in &self.pages {
             let audience = if audience == "auto" {
                 "\"auto\"".to_string()
@@ -158,6 +204,9 @@ impl Daemon {
         )
         .unwrap();
         std::fs::write(dir.path().join("tokens.toml"), config.tokens_text()).unwrap();
+        if config.pages_in_file {
+            std::fs::write(dir.path().join("pages.toml"), config.pages_text()).unwrap();
+        }
         let log = dir.path().join("pagerelay.log");
         let child = Command::new(env!("CARGO_BIN_EXE_pagerelay"))
             .arg("--config")

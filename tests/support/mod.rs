@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod daemon;
 pub mod jobs;
+pub mod scrape;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
