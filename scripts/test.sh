@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine (as root): starts the local RabbitMQ from the
-# distribution's packages, installs promtool, then checks formatting and lints, checks and tests
-# the Prometheus rules, builds, and runs every test.
+# distribution's packages and promtool, then checks formatting and lints, checks and tests the
+# Prometheus rules, builds, runs every test, checks every file under deploy/ (installing the
+# checkers), and runs the slow tests that plain `cargo test` skips (#[ignore]: a three-node
+# RabbitMQ cluster on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,5 +65,11 @@ promtool test rules deploy/prometheus/tests/*.yml
 # tests/observability.rs runs `promtool check metrics` on a real scrape of a running daemon.
 step "cargo test"
 cargo test --all-targets
+
+step "deploy/: every file checked (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+
+step "slow tests: a three-node RabbitMQ cluster (cargo test --test scale_out -- --ignored)"
+cargo test --test scale_out -- --ignored
 
 step "all tests passed"

@@ -62,8 +62,13 @@ async fn shards_have_one_active_consumer_and_fail_over_without_loss() {
         },
     )
     .await;
-    let consumers = broker::consumers(&prefix).await;
-    assert_eq!(consumers.len(), 8, "two consumers per shard: {consumers:?}");
+    // The management API refreshes consumers every few seconds: the second process's may lag.
+    wait_for(
+        "two consumers on each shard",
+        Duration::from_secs(30),
+        || async { (broker::consumers(&prefix).await.len() == 8).then_some(()) },
+    )
+    .await;
     // The process that started first holds every shard; the other is a hot standby.
     let first_pid = first.pid().unwrap().to_string();
     assert!(

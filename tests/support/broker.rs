@@ -111,9 +111,14 @@ pub struct ConsumerInfo {
 /// The consumers of queues whose names start with `prefix.`. The management API refreshes
 /// consumer activity every few seconds, so callers poll.
 pub async fn consumers(prefix: &str) -> Vec<ConsumerInfo> {
+    consumers_at(&management_url(), prefix).await
+}
+
+/// [`consumers`], asking the management API at `base` (another broker or cluster node).
+pub async fn consumers_at(base: &str, prefix: &str) -> Vec<ConsumerInfo> {
     let client = reqwest::Client::new();
     let Ok(response) = client
-        .get(format!("{}/api/consumers/%2F", management_url()))
+        .get(format!("{base}/api/consumers/%2F"))
         .basic_auth("guest", Some("guest"))
         .send()
         .await
