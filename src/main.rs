@@ -15,6 +15,11 @@ use pagerelay::amqp::{Session, Topology};
 use pagerelay::config::{LoadOptions, LogFormat, Settings};
 use pagerelay::pipeline::supervisor::Control;
 
+/// glibc's allocator spends a third of the daemon's CPU under its many small, cross-thread
+/// allocations (decoded jobs, frames, futures); mimalloc does the same work for a fraction.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for configuration and usage errors (clap uses the same for bad arguments).
 const EXIT_CONFIG: u8 = 2;
 

@@ -12,7 +12,9 @@
 //!
 //! Both are pure: time is passed in, nothing is sent.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashSet, HashSetExt};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +25,16 @@ pub trait LaneItem {
     fn recipient(&self) -> &str;
     /// Audio and video attachments are charged to the media ceiling.
     fn is_media(&self) -> bool;
+}
+
+impl<T: LaneItem + ?Sized> LaneItem for Box<T> {
+    fn recipient(&self) -> &str {
+        (**self).recipient()
+    }
+
+    fn is_media(&self) -> bool {
+        (**self).is_media()
+    }
 }
 
 /// A Page's queued jobs and the recipients that have a message in flight.
@@ -152,7 +164,7 @@ impl<T: LaneItem> LaneQueue<T> {
         let mut picked = Vec::with_capacity(max.min(self.items.len()));
         // Recipients whose earliest queued job cannot go in this batch: their later jobs wait
         // behind it. Picked recipients are held back the same way.
-        let mut held: HashSet<&str> = HashSet::new();
+        let mut held: HashSet<&str> = HashSet::with_capacity(max.min(self.items.len()));
         let mut media_left = media;
         for (i, queued) in self.items.iter().enumerate() {
             if picked.len() == max {

@@ -8,7 +8,7 @@
 //!
 //! It does not decide what a job id is (see `job`) or when to consult it (see the router).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ pub struct DuplicateGuard {
     inner: Mutex<Inner>,
 }
 
+// Job ids come from publishers: foldhash is seeded per process, so ids cannot be chosen to collide.
 #[derive(Default)]
 struct Inner {
-    ids: HashSet<Box<str>>,
+    ids: foldhash::HashSet<Box<str>>,
     /// Insertion order, oldest first; insertion time order is expiry order.
     order: VecDeque<(Instant, Box<str>)>,
 }

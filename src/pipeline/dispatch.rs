@@ -28,7 +28,7 @@ use crate::telemetry;
 pub async fn send(
     shared: Arc<Shared>,
     page: Arc<PageState>,
-    batch: Vec<Envelope>,
+    batch: Vec<Box<Envelope>>,
     permit: OwnedSemaphorePermit,
     lane: UnboundedSender<LaneMsg>,
 ) {
@@ -46,7 +46,7 @@ pub async fn send(
 async fn send_inner(
     shared: Arc<Shared>,
     page: Arc<PageState>,
-    batch: Vec<Envelope>,
+    batch: Vec<Box<Envelope>>,
     lane: UnboundedSender<LaneMsg>,
 ) {
     let size = batch.len();

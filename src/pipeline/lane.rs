@@ -10,7 +10,6 @@
 //! The consumer only ever pushes into a lane's unbounded inbox (its size is bounded by the
 //! prefetch window), so routing never blocks on a busy Page.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -43,7 +42,7 @@ pub enum LaneMsg {
 /// The lanes of the process, by Page id.
 #[derive(Default)]
 pub struct Lanes {
-    map: Mutex<HashMap<Arc<str>, UnboundedSender<LaneMsg>>>,
+    map: Mutex<foldhash::HashMap<Arc<str>, UnboundedSender<LaneMsg>>>,
 }
 
 impl Lanes {
@@ -104,7 +103,7 @@ const TICK: Duration = Duration::from_secs(1);
 struct Lane {
     shared: Arc<Shared>,
     page: Arc<PageState>,
-    queue: LaneQueue<Envelope>,
+    queue: LaneQueue<Box<Envelope>>,
     rx: UnboundedReceiver<LaneMsg>,
     tx: UnboundedSender<LaneMsg>,
     batches_in_flight: usize,
@@ -200,7 +199,7 @@ impl Lane {
             LaneMsg::Job(envelope) => {
                 self.generation = self.generation.max(envelope.generation);
                 if envelope.generation == self.generation {
-                    self.queue.push(*envelope, Instant::now());
+                    self.queue.push(envelope, Instant::now());
                 }
             }
             LaneMsg::Done { recipients } => {
@@ -439,7 +438,7 @@ async fn wait_permit(fut: &mut Option<PermitFuture>) -> Result<OwnedSemaphorePer
     }
 }
 
-fn split_expired(batch: Vec<Envelope>) -> (Vec<Envelope>, Vec<Envelope>) {
+fn split_expired(batch: Vec<Box<Envelope>>) -> (Vec<Box<Envelope>>, Vec<Box<Envelope>>) {
     let now = Utc::now();
     batch.into_iter().partition(|e| !e.job.is_expired(now))
 }

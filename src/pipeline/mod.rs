@@ -161,7 +161,7 @@ impl Shared {
     }
 
     /// Settles an envelope.
-    pub async fn settle_envelope(&self, envelope: Envelope, outcome: Outcome) -> Settled {
+    pub async fn settle_envelope(&self, envelope: Box<Envelope>, outcome: Outcome) -> Settled {
         self.settle(
             &envelope.delivery,
             &envelope.state,

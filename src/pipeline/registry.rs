@@ -7,7 +7,6 @@
 //!
 //! It does not schedule anything (see [`super::lane`]) or talk to the Graph API.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -388,7 +387,7 @@ impl PageState {
 /// All Pages, swapped whole on reload; lookups are lock-free.
 #[derive(Default)]
 pub struct Registry {
-    pages: ArcSwap<HashMap<Arc<str>, Arc<PageState>>>,
+    pages: ArcSwap<foldhash::HashMap<Arc<str>, Arc<PageState>>>,
 }
 
 impl Registry {
@@ -421,7 +420,7 @@ impl Registry {
     /// tokens, audiences and ceilings.
     pub fn reload(&self, settings: &Settings) -> ReloadSummary {
         let current = self.pages.load();
-        let mut next = HashMap::with_capacity(settings.pages.len());
+        let mut next = foldhash::HashMap::with_capacity_and_hasher(settings.pages.len(), Default::default());
         let mut summary = ReloadSummary::default();
         for page in &settings.pages {
             let state = match current.get(page.id.as_str()) {
