@@ -12,6 +12,8 @@
 //! - [`graph`]: the Graph API batch protocol: request encoding, reply decoding, error
 //!   classification, and the HTTP client.
 //! - [`admin`]: the admin HTTP listener: metrics, health, readiness, Pages.
+//! - [`dlq`]: `pagerelay dlq stats`, `dlq peek` and `replay`: inspecting the dead-letter queue
+//!   and moving its letters back.
 //! - [`publish`]: `pagerelay publish`, feeding JSON-lines jobs to the broker.
 //! - [`telemetry`]: logs, metric names and the per-Page label guard.
 //! - [`sim`]: `graph-sim`, a stand-in for the Graph API batch and Send API endpoints, used by tests,
@@ -20,6 +22,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod config;
+pub mod dlq;
 pub mod graph;
 pub mod job;
 pub mod pipeline;

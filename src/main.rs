@@ -1,18 +1,21 @@
 //! The `pagerelay` command line: parses arguments, loads settings, and calls the library.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use pagerelay::amqp::{Session, Topology};
 use pagerelay::config::{LoadOptions, LogFormat, Settings};
+use pagerelay::dlq::{self, Action, CodeFilter, DeadLetters, DlqError, Filter, Letter, ReasonName};
 use pagerelay::pipeline::supervisor::Control;
 
 /// glibc's allocator spends a third of the daemon's CPU under its many small, cross-thread
@@ -28,6 +31,13 @@ const EXIT_INVALID: u8 = 1;
 
 /// Exit status of `validate` when the input cannot be read (or the verdicts cannot be written).
 const EXIT_UNREADABLE: u8 = 2;
+
+/// Exit status of `replay` when a guardrail refused some matching dead letters (or the Pages
+/// could not be checked): the operator has something to fix or to override.
+const EXIT_REFUSED: u8 = 3;
+
+/// Exit status of `replay` when a signal stopped it (the shell's convention for SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,6 +102,121 @@ enum Command {
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
     },
+    /// Inspect the dead-letter queue (<prefix>.dead) without changing it.
+    ///
+    /// Both commands read the whole queue and hand every message back in its order; each run
+    /// raises the messages' x-delivery-count by one (see the README before using RabbitMQ 4.x).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Move dead letters that match the filters back to the jobs exchange, routed by their Page.
+    ///
+    /// Each moved letter is republished with its attempts and parking state reset and replay
+    /// provenance added, and removed from the dead-letter queue only after the broker confirmed
+    /// the republish; everything else stays in place. Letters of Pages the daemon reports paused
+    /// or does not know, invalid and ambiguous letters are refused unless overridden. Fix the
+    /// cause first, and look with --dry-run.
+    ///
+    /// Exit status: 0 when everything that matched was moved (or nothing matched), 1 on an
+    /// error, 2 on a usage error, 3 when a guardrail refused some letters (or the daemon could
+    /// not be asked), 130 when interrupted. Running it again after an interruption finishes it.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Count the dead letters by reason, by error code and by Page, with the oldest and newest
+    /// dead-lettering times.
+    Stats {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Name this many Pages, the largest first; the rest are summed.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+    },
+    /// Print the first N dead letters that match the filters, in queue order, one JSON object
+    /// per line: the job, the reason, the error, attempts, times, Page, routing key, ids.
+    Peek {
+        /// How many to print.
+        #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 10)]
+        count: usize,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+/// Which dead letters: values of one option are alternatives, options combine.
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Letters of this Page (repeatable).
+    #[arg(long = "page", value_name = "PAGE_ID", value_parser = dlq::filter::parse_page)]
+    pages: Vec<String>,
+    /// Letters dead-lettered for this reason: token_invalid, permanent, invalid, ambiguous,
+    /// expired, max_attempts, unknown_error, unknown_page, appsecret_invalid, page_blocked,
+    /// park_limit, broker:<reason> (e.g. broker:delivery_limit) or unknown (repeatable).
+    #[arg(long = "reason", value_name = "REASON")]
+    reasons: Vec<ReasonName>,
+    /// Letters whose last Graph error has this code, or code and subcode (repeatable).
+    #[arg(long = "code", value_name = "CODE[/SUBCODE]")]
+    codes: Vec<CodeFilter>,
+    /// Letters dead-lettered at least this long ago (90s, 15m, 2h, 3d).
+    #[arg(long, value_name = "AGE", value_parser = dlq::filter::parse_age)]
+    older_than: Option<Duration>,
+    /// Letters dead-lettered at most this long ago.
+    #[arg(long, value_name = "AGE", value_parser = dlq::filter::parse_age)]
+    newer_than: Option<Duration>,
+    /// The letter of this job (the body's job_id or the message_id; repeatable).
+    #[arg(long = "job-id", value_name = "JOB_ID")]
+    job_ids: Vec<String>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Filter {
+        Filter {
+            pages: self.pages,
+            reasons: self.reasons,
+            codes: self.codes,
+            older_than: self.older_than,
+            newer_than: self.newer_than,
+            job_ids: self.job_ids,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Replay every dead letter; required when no filter is given.
+    #[arg(long)]
+    all: bool,
+    /// Move at most N letters (the first N that match, in queue order).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Print what would move (one JSON object per matching letter) and move nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Republish at most this many letters per second (default: as fast as confirms allow).
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<f64>,
+    /// Replay Pages the daemon reports paused or does not know, and replay when the daemon's
+    /// admin endpoint cannot be reached.
+    #[arg(long)]
+    force: bool,
+    /// Replay `invalid` letters too (they fail validation again unless the job contract changed).
+    #[arg(long)]
+    include_invalid: bool,
+    /// Replay `ambiguous` letters too (the Graph API may have delivered them already).
+    #[arg(long)]
+    include_ambiguous: bool,
+    /// The daemon's admin endpoint to ask about Pages (default: http://<admin.listen>).
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// Print the summary as JSON on standard output (as the last line, {"summary": …}).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +256,13 @@ async fn main() -> ExitCode {
         } => declare(&settings).await,
         Command::Publish { input } => publish(&settings, input).await,
         Command::Validate { input } => Ok(validate(input.as_deref())),
+        Command::Dlq {
+            command: DlqCommand::Stats { json, top },
+        } => dlq_stats(&settings, json, top).await,
+        Command::Dlq {
+            command: DlqCommand::Peek { count, filter },
+        } => dlq_peek(&settings, count, filter.into_filter()).await,
+        Command::Replay(args) => replay(&settings, args).await,
     };
     match result {
         Ok(code) => code,
@@ -224,6 +356,175 @@ async fn publish(settings: &Settings, input: Option<PathBuf>) -> anyhow::Result<
         topology.jobs_exchange()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(settings: &Settings, name: &str) -> anyhow::Result<lapin::Connection> {
+    pagerelay::amqp::session::connect(&settings.amqp, name)
+        .await
+        .context("connecting to the broker")
+}
+
+async fn dlq_stats(settings: &Settings, json: bool, top: usize) -> anyhow::Result<ExitCode> {
+    let topology = Topology::new(&settings.amqp, &settings.retry.tiers);
+    let connection = connect(settings, "pagerelay dlq stats").await?;
+    let result = DeadLetters::new(&connection, &topology).stats(top).await;
+    let _ = connection.close(200, "done".into()).await;
+    let stats = result?;
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        print!("{}", stats.render(chrono::Utc::now()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq_peek(settings: &Settings, count: usize, filter: Filter) -> anyhow::Result<ExitCode> {
+    let topology = Topology::new(&settings.amqp, &settings.retry.tiers);
+    let connection = connect(settings, "pagerelay dlq peek").await?;
+    let mut out = io::stdout().lock();
+    let result = DeadLetters::new(&connection, &topology)
+        .peek(&filter, count, chrono::Utc::now(), |letter| {
+            print_line(&mut out, &letter.to_json())
+        })
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    let summary = result?;
+    eprintln!(
+        "pagerelay: showed {} of {} matching dead letters ({} in {})",
+        summary.shown,
+        summary.matched,
+        summary.scanned,
+        topology.dead_queue()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one JSON line. A closed pipe (`| head`) stops the output but not the scan, which must
+/// read to the end to leave the queue in order.
+fn print_line(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
+    match writeln!(out, "{value}") {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let options = dlq::ReplayOptions {
+        filter: args.filter.into_filter(),
+        all: args.all,
+        limit: args.limit,
+        dry_run: args.dry_run,
+        rate: args.rate,
+        overrides: dlq::Overrides {
+            include_invalid: args.include_invalid,
+            include_ambiguous: args.include_ambiguous,
+            force: args.force,
+        },
+    };
+    if let Err(e) = options.validate() {
+        eprintln!("pagerelay: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let url = dlq::guard::pages_url(args.admin.as_deref(), settings.admin.listen);
+    let pages = dlq::PageCheck::fetch(&url, dlq::guard::ADMIN_TIMEOUT).await;
+    if let dlq::PageCheck::Unreachable { url, error } = &pages {
+        if args.force {
+            eprintln!(
+                "pagerelay: warning: cannot reach the daemon at {url} ({error}); replaying \
+                 without checking whether the Pages are paused (--force)"
+            );
+        } else if args.dry_run {
+            eprintln!(
+                "pagerelay: warning: cannot reach the daemon at {url} ({error}); a real replay \
+                 would refuse to start without --admin URL or --force"
+            );
+        }
+    }
+    let topology = Topology::new(&settings.amqp, &settings.retry.tiers);
+    let connection = connect(settings, "pagerelay replay").await?;
+    let cancel = CancellationToken::new();
+    stop_on_signals(cancel.clone())?;
+    let mut out = io::stdout().lock();
+    let mut output_error = None;
+    let exchange = topology.jobs_exchange();
+    let result = DeadLetters::new(&connection, &topology)
+        .replay(
+            settings.amqp.publish_timeout,
+            &options,
+            &pages,
+            &cancel,
+            |letter, action| {
+                // A real run reports only its summary; a dry run shows every decision.
+                if !options.dry_run || output_error.is_some() {
+                    return;
+                }
+                if let Err(e) = print_line(&mut out, &decision_line(letter, action, &exchange)) {
+                    output_error = Some(e);
+                }
+            },
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e @ DlqError::AdminUnreachable { .. }) => {
+            eprintln!("pagerelay: {e}");
+            return Ok(ExitCode::from(EXIT_REFUSED));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(e) = output_error {
+        eprintln!("pagerelay: cannot write the dry run's output: {e}");
+    }
+    if args.json {
+        print_line(&mut out, &serde_json::json!({ "summary": summary }))?;
+    }
+    eprint!("{}", summary.render());
+    Ok(if summary.error.is_some() {
+        ExitCode::FAILURE
+    } else if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if summary.refused_total() > 0 {
+        ExitCode::from(EXIT_REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One line of a dry run: the letter as `peek` shows it, what would happen, and where it would go.
+fn decision_line(letter: &Letter, action: &Action, exchange: &str) -> serde_json::Value {
+    let mut line = letter.to_json();
+    line["action"] = action.as_str().into();
+    if let Action::Refused(guardrail) = action {
+        line["guardrail"] = guardrail.as_str().into();
+        line["why"] = guardrail.explain().into();
+    }
+    line["target_exchange"] = exchange.into();
+    line["target_routing_key"] = letter.target_routing_key().into();
+    line
+}
+
+/// SIGINT or SIGTERM stops the replay after the publishes in flight are settled; a second
+/// signal exits at once, which loses nothing either (the broker requeues every unacked letter).
+fn stop_on_signals(cancel: CancellationToken) -> io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            if cancel.is_cancelled() {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            eprintln!(
+                "pagerelay: stopping after the publishes in flight (a second signal exits at once)"
+            );
+            cancel.cancel();
+        }
+    });
+    Ok(())
 }
 
 fn validate(input: Option<&Path>) -> ExitCode {

@@ -49,6 +49,30 @@ pub struct Session {
 /// The merged delivery stream of every jobs queue of a session.
 pub type Deliveries = SelectAll<Consumer>;
 
+/// Connects to the broker and nothing else: no declarations, no channels. `name` is shown in the
+/// management UI's connection list.
+///
+/// Tools that only read or move messages (`pagerelay dlq`, `pagerelay replay`) use this instead of
+/// [`Session::open`], so that a wrong prefix is reported as a missing queue instead of silently
+/// declaring a second, empty topology.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, SessionError> {
+    let url = redact_url(settings.url.expose_secret());
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
+    // Connect has no timeout of its own; a black-holed broker address would hang forever.
+    let timeout = settings.publish_timeout.max(Duration::from_secs(5));
+    tokio::time::timeout(
+        timeout,
+        Connection::connect(settings.url.expose_secret(), properties),
+    )
+    .await
+    .map_err(|_| SessionError::ConnectTimeout {
+        url: url.clone(),
+        timeout,
+    })?
+    .map_err(|source| SessionError::Connect { url, source })
+}
+
 impl Session {
     /// Connects, declares the topology and opens the publisher.
     pub async fn open(
@@ -57,22 +81,7 @@ impl Session {
         generation: u64,
         name: &str,
     ) -> Result<Session, SessionError> {
-        let url = redact_url(settings.url.expose_secret());
-        let properties = ConnectionProperties::default().with_connection_name(LongString::from(
-            format!("{name} (generation {generation})"),
-        ));
-        // Connect has no timeout of its own; a black-holed broker address would hang forever.
-        let timeout = settings.publish_timeout.max(Duration::from_secs(5));
-        let connection = tokio::time::timeout(
-            timeout,
-            Connection::connect(settings.url.expose_secret(), properties),
-        )
-        .await
-        .map_err(|_| SessionError::ConnectTimeout {
-            url: url.clone(),
-            timeout,
-        })?
-        .map_err(|source| SessionError::Connect { url, source })?;
+        let connection = connect(settings, &format!("{name} (generation {generation})")).await?;
         topology.declare(&connection).await?;
         let publisher = Publisher::open(&connection, settings.publish_timeout)
             .await

@@ -17,6 +17,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{FieldTable, ShortString};
 
 use crate::amqp::headers::{self, DeadLetterReason, ErrorContext, JobState};
+use crate::amqp::publisher::without_expiration;
 use crate::amqp::topology::{TIER_HEADER, tier_label};
 use crate::amqp::{PublishError, Publisher, Topology};
 use crate::config::RetrySettings;
@@ -315,7 +316,7 @@ fn properties(
         .with_delivery_mode(2);
     props = match expiration {
         Some(ttl) => props.with_expiration(ShortString::from(ttl.as_millis().max(1).to_string())),
-        None => clear_expiration(props),
+        None => without_expiration(props),
     };
     if props.message_id().is_none()
         && let Some(id) = incoming.job_id.and_then(|id| ShortString::try_new(id).ok())
@@ -323,54 +324,6 @@ fn properties(
         props = props.with_message_id(id);
     }
     props
-}
-
-fn clear_expiration(props: BasicProperties) -> BasicProperties {
-    if props.expiration().is_none() {
-        return props;
-    }
-    // BasicProperties has setters but no unsetters: rebuild without the expiration.
-    let mut fresh = BasicProperties::default();
-    if let Some(v) = props.content_type() {
-        fresh = fresh.with_content_type(v.clone());
-    }
-    if let Some(v) = props.content_encoding() {
-        fresh = fresh.with_content_encoding(v.clone());
-    }
-    if let Some(v) = props.headers() {
-        fresh = fresh.with_headers(v.clone());
-    }
-    if let Some(v) = props.delivery_mode() {
-        fresh = fresh.with_delivery_mode(*v);
-    }
-    if let Some(v) = props.priority() {
-        fresh = fresh.with_priority(*v);
-    }
-    if let Some(v) = props.correlation_id() {
-        fresh = fresh.with_correlation_id(v.clone());
-    }
-    if let Some(v) = props.reply_to() {
-        fresh = fresh.with_reply_to(v.clone());
-    }
-    if let Some(v) = props.message_id() {
-        fresh = fresh.with_message_id(v.clone());
-    }
-    if let Some(v) = props.timestamp() {
-        fresh = fresh.with_timestamp(*v);
-    }
-    if let Some(v) = props.kind() {
-        fresh = fresh.with_type(v.clone());
-    }
-    if let Some(v) = props.user_id() {
-        fresh = fresh.with_user_id(v.clone());
-    }
-    if let Some(v) = props.app_id() {
-        fresh = fresh.with_app_id(v.clone());
-    }
-    if let Some(v) = props.cluster_id() {
-        fresh = fresh.with_cluster_id(v.clone());
-    }
-    fresh
 }
 
 /// Why a settlement could not be carried out. The delivery was handed back to the broker (or its

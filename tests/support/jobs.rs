@@ -1,5 +1,5 @@
-//! Send jobs for tests: JSON builders, publishing through the real `publish` code path, and
-//! reading the dead-letter queue.
+//! Send jobs for tests: JSON builders, publishing through the real `publish` code path, reading
+//! the dead-letter queue, and dead letters made by hand (as pagerelay or the broker writes them).
 
 use std::time::Duration;
 
@@ -170,4 +170,106 @@ pub async fn collect(conn: &lapin::Connection, queue: &str, window: Duration) ->
 /// A string header value, for building test messages.
 pub fn header(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
+}
+
+/// Headers of a dead letter as pagerelay writes them: the reason, the Page, one attempt, the
+/// error context, and the times.
+pub fn dead_headers(reason: &str, page: &str, code: Option<i64>) -> FieldTable {
+    let mut table = FieldTable::default();
+    let now = chrono::Utc::now();
+    headers::set_str(&mut table, headers::REASON, reason);
+    headers::set_str(&mut table, headers::PAGE_ID, page);
+    headers::set_int(&mut table, headers::ATTEMPTS, 1);
+    headers::set_time(&mut table, headers::FIRST_ATTEMPT_AT, Some(now));
+    headers::set_time(&mut table, headers::DEAD_LETTERED_AT, Some(now));
+    headers::set_int(&mut table, headers::PARKED, 2);
+    headers::set_str(&mut table, headers::PARK_REASON, "paused");
+    if let Some(code) = code {
+        headers::write_error(
+            &mut table,
+            &headers::ErrorContext {
+                code: Some(code),
+                subcode: None,
+                message: Some(format!("error {code}")),
+                fbtrace_id: Some("AbCdEf".into()),
+            },
+        );
+    }
+    table
+}
+
+/// Headers of a message the broker dead-lettered itself from `queue`: an `x-death` entry and
+/// `x-first-death-reason`, no `x-pagerelay-reason`.
+pub fn broker_dead_headers(queue: &str, reason: &str) -> FieldTable {
+    let mut death = FieldTable::default();
+    death.insert("queue".into(), header(queue));
+    death.insert("reason".into(), header(reason));
+    death.insert("count".into(), AMQPValue::LongLongInt(1));
+    death.insert(
+        "time".into(),
+        AMQPValue::Timestamp(chrono::Utc::now().timestamp() as u64),
+    );
+    let mut table = FieldTable::default();
+    table.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    table.insert("x-first-death-reason".into(), header(reason));
+    table
+}
+
+/// A dead letter of `job` (its body, its Page as routing key, its job id as message id).
+pub fn dead_letter(job: &Value, headers: FieldTable) -> (String, Vec<u8>, lapin::BasicProperties) {
+    let page = job["page_id"].as_str().unwrap_or("unrouted").to_string();
+    let mut properties = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = job["job_id"].as_str() {
+        properties = properties.with_message_id(id.into());
+    }
+    (page, job.to_string().into_bytes(), properties)
+}
+
+/// Publishes messages straight to the dead-letter exchange, in order, and waits for every
+/// confirm.
+pub async fn publish_dead(
+    conn: &lapin::Connection,
+    topology: &Topology,
+    letters: &[(String, Vec<u8>, lapin::BasicProperties)],
+) {
+    let publisher = Publisher::open(conn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut pending = Vec::with_capacity(letters.len());
+    for (routing_key, body, properties) in letters {
+        pending.push(
+            publisher
+                .send(
+                    &topology.dead_exchange(),
+                    routing_key,
+                    body,
+                    properties.clone(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for confirm in pending {
+        confirm.confirmed().await.unwrap();
+    }
+}
+
+/// The job ids of `letters`, in order (the body's `job_id`, else the message id).
+pub fn job_ids(letters: &[DeadLetter]) -> Vec<String> {
+    letters
+        .iter()
+        .map(|l| {
+            l.json()["job_id"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| l.properties.message_id().as_ref().map(|m| m.to_string()))
+                .unwrap_or_default()
+        })
+        .collect()
 }

@@ -1,11 +1,13 @@
 //! Fixtures shared by the integration tests: the local broker and a unique topology prefix per
 //! test (so tests run in parallel against one RabbitMQ without seeing each other's queues), the
-//! Graph simulator over real HTTP, the `pagerelay` binary as a child process, and job builders.
+//! Graph simulator over real HTTP, the `pagerelay` binary as a child process (the daemon, and the
+//! command-line tools), and job and dead-letter builders.
 //!
 //! Each test binary compiles this module separately and uses a different part of it.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cli;
 pub mod daemon;
 pub mod jobs;
 pub mod scrape;
