@@ -80,7 +80,10 @@ async fn run(wanted: &[&str], divisor: usize) -> String {
     for scenario in wanted {
         let section = match *scenario {
             "throughput" | "ceiling" => {
-                let pages = std::env::var("LOAD_PAGES").ok().and_then(|p| p.parse().ok()).unwrap_or(1_000);
+                let pages = std::env::var("LOAD_PAGES")
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(1_000);
                 let (text, rate) = scenario_throughput(200_000 / divisor, pages).await;
                 throughput = Some(rate);
                 text

@@ -25,6 +25,9 @@ use crate::graph::{
 use crate::telemetry;
 
 /// Sends `batch` for `page` and settles it.
+// Envelopes stay boxed from the consumer to their settlement: they are large, and a batch is
+// assembled by moving them out of a lane queue that holds hundreds.
+#[allow(clippy::vec_box)]
 pub async fn send(
     shared: Arc<Shared>,
     page: Arc<PageState>,
@@ -43,6 +46,7 @@ pub async fn send(
     drop(permit);
 }
 
+#[allow(clippy::vec_box)]
 async fn send_inner(
     shared: Arc<Shared>,
     page: Arc<PageState>,

@@ -438,6 +438,7 @@ async fn wait_permit(fut: &mut Option<PermitFuture>) -> Result<OwnedSemaphorePer
     }
 }
 
+#[allow(clippy::vec_box)] // see dispatch::send
 fn split_expired(batch: Vec<Box<Envelope>>) -> (Vec<Box<Envelope>>, Vec<Box<Envelope>>) {
     let now = Utc::now();
     batch.into_iter().partition(|e| !e.job.is_expired(now))

@@ -420,7 +420,8 @@ impl Registry {
     /// tokens, audiences and ceilings.
     pub fn reload(&self, settings: &Settings) -> ReloadSummary {
         let current = self.pages.load();
-        let mut next = foldhash::HashMap::with_capacity_and_hasher(settings.pages.len(), Default::default());
+        let mut next =
+            foldhash::HashMap::with_capacity_and_hasher(settings.pages.len(), Default::default());
         let mut summary = ReloadSummary::default();
         for page in &settings.pages {
             let state = match current.get(page.id.as_str()) {
