@@ -127,6 +127,9 @@ pub async fn run(
     Ok(())
 }
 
+/// How long the last acks get to reach their queues before the channel closes on shutdown.
+const ACK_SETTLE: Duration = Duration::from_millis(500);
+
 /// Opens sessions one after another until shutdown, then shuts the last one down gracefully.
 async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
     let amqp = &shared.settings.amqp;
@@ -204,6 +207,9 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 shared.health.consuming.store(false, Ordering::Relaxed);
                 metrics::gauge!(telemetry::READY).set(0.0);
                 drain(shared).await;
+                // Quorum queues can drop acks that arrive just before their channel closes
+                // (rabbitmq-server#10327): the jobs would come back and be sent again.
+                tokio::time::sleep(ACK_SETTLE).await;
                 let _ = channel.close(200, "pagerelay shutting down".into()).await;
                 session.close().await;
                 shared.health.set_down();
