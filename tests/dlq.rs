@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,36 +15,20 @@ use nix::unistd::Pid;
 use pagerelay::amqp::headers as h;
 use pagerelay::amqp::headers::DeadLetterReason;
 use pagerelay::config::{LoadOptions, Settings};
-use pagerelay::sim::{PageConfig, PageUpdate, SimConfig, Simulator, reserved};
+use pagerelay::sim::{PageUpdate, Simulator, reserved};
 use serde_json::{Value, json};
 
 use support::cli::{self, Cli};
 use support::daemon::{Daemon, DaemonConfig};
+use support::sim::arrivals as delivered;
 use support::{broker, jobs, wait_for};
 
 fn page_ids(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{}", 100_000_000_000_000u64 + i as u64))
-        .collect()
+    support::sim::page_ids(100_000_000_000_000, n)
 }
 
 async fn sim_with(pages: &[String]) -> Simulator {
-    let mut config = SimConfig::default().with_seed(3);
-    for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), 100_000));
-    }
-    Simulator::start(config).await.unwrap()
-}
-
-/// Job ids delivered per the simulator's record, with how many times each arrived.
-async fn delivered(sim: &Simulator) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for d in sim.client().all_deliveries().await.unwrap() {
-        *counts
-            .entry(jobs::job_id_of(&d.body).unwrap_or_default())
-            .or_default() += 1;
-    }
-    counts
+    support::sim::start(pages, 100_000, 3).await
 }
 
 async fn wait_depth(conn: &lapin::Connection, queue: &str, want: u32) {

@@ -21,18 +21,11 @@ use serde_json::{Value, json};
 
 use support::daemon::{Daemon, DaemonConfig};
 use support::scrape::Scrape;
+use support::sim::page_ids;
 use support::{broker, jobs, wait_for};
 
-fn page_ids(base: u64, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{}", base + i as u64)).collect()
-}
-
 async fn sim_with(pages: &[String], audience: u64) -> Simulator {
-    let mut config = SimConfig::default().with_seed(17);
-    for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), audience));
-    }
-    Simulator::start(config).await.unwrap()
+    support::sim::start(pages, audience, 17).await
 }
 
 async fn scrape(daemon: &Daemon) -> (String, Scrape) {

@@ -3,38 +3,22 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use pagerelay::sim::{PageConfig, SimConfig, Simulator};
 use serde_json::Value;
 
 use support::daemon::{Daemon, DaemonConfig};
+use support::sim::arrivals as delivered;
 use support::{broker, jobs, wait_for};
 
 fn page_ids(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{}", 100_000_000_000_000u64 + i as u64))
-        .collect()
+    support::sim::page_ids(100_000_000_000_000, n)
 }
 
 async fn sim_with(pages: &[String], audience: u64) -> Simulator {
-    let mut config = SimConfig::default().with_seed(7);
-    for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), audience));
-    }
-    Simulator::start(config).await.unwrap()
-}
-
-/// Job ids delivered per the simulator's record, with how many times each arrived.
-async fn delivered(sim: &Simulator) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for d in sim.client().all_deliveries().await.unwrap() {
-        *counts
-            .entry(jobs::job_id_of(&d.body).unwrap_or_default())
-            .or_default() += 1;
-    }
-    counts
+    support::sim::start(pages, audience, 7).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,35 +4,27 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use pagerelay::sim::{OutageMode, PageConfig, PageUpdate, SimConfig, Simulator};
+use pagerelay::sim::{OutageMode, PageUpdate, Simulator};
 use serde_json::Value;
 
 use support::daemon::{Daemon, DaemonConfig};
+use support::sim::{arrivals, wait_delivered};
 use support::{broker, jobs, wait_for};
 
 fn page_ids(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{}", 200_000_000_000_000u64 + i as u64))
-        .collect()
+    support::sim::page_ids(200_000_000_000_000, n)
 }
 
 async fn sim_with(pages: &[String], audience: u64, latency_ms: u64) -> Simulator {
     // These tests are about surviving failures, not about rates: a generous per-second limit
     // keeps a CPU-starved moment on a busy 2-core machine from adding a cooldown to the story.
-    let mut config = SimConfig {
-        rps_limit: 100_000,
-        ..SimConfig::default()
-    }
-    .with_seed(3);
+    let mut config = support::sim::config(pages, audience, 3);
+    config.rps_limit = 100_000;
     config.faults.latency_p50_ms = latency_ms;
     config.faults.latency_p99_ms = latency_ms;
-    for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), audience));
-    }
     Simulator::start(config).await.unwrap()
 }
 
@@ -46,17 +38,6 @@ fn workload(pages: &[String], n: usize, tag: &str) -> Vec<Value> {
             )
         })
         .collect()
-}
-
-/// How many times each job arrived, per the simulator.
-async fn arrivals(sim: &Simulator) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for d in sim.client().all_deliveries().await.unwrap() {
-        *counts
-            .entry(jobs::job_id_of(&d.body).unwrap_or_default())
-            .or_default() += 1;
-    }
-    counts
 }
 
 /// Like [`wait_delivered`], printing the daemon's diagnostics before failing.
@@ -73,15 +54,6 @@ async fn wait_delivered_or_explain(sim: &Simulator, n: u64, within: Duration, da
         "only {delivered} of {n} delivered within {within:?}\n{}",
         daemon.diagnostics().await
     );
-}
-
-async fn wait_delivered(sim: &Simulator, n: u64, within: Duration) {
-    let client = sim.client();
-    wait_for(&format!("{n} deliveries"), within, || async {
-        let stats = client.stats().await.ok()?;
-        (stats.totals.delivered >= n).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod jobs;
 pub mod scrape;
+pub mod sim;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
