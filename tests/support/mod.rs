@@ -1,11 +1,13 @@
 //! Fixtures shared by the integration tests: the local broker and a unique topology prefix per
 //! test (so tests run in parallel against one RabbitMQ without seeing each other's queues), the
 //! Graph simulator over real HTTP, the `pagerelay` binary as a child process (the daemon, and the
-//! command-line tools), and job and dead-letter builders.
+//! command-line tools), job and dead-letter builders, and the fault suite's accounting of where
+//! every job went.
 //!
 //! Each test binary compiles this module separately and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod accounting;
 pub mod broker;
 pub mod cli;
 pub mod daemon;
