@@ -91,9 +91,15 @@ pub enum Rule {
     },
     /// A string is empty.
     Empty,
-    /// A string is longer than the limit, counted in Unicode scalar values (as JSON Schema's
-    /// `maxLength` counts).
-    TooLong { chars: usize, limit: usize },
+    /// A string is longer than the limit. `units` counts UTF-16 code units, the stricter of the
+    /// two units Graph could mean (its documents say "characters" and leave the unit open), so a
+    /// character outside the Basic Multilingual Plane — most emoji — counts twice; `chars` counts
+    /// Unicode scalar values, for the message.
+    TooLong {
+        units: usize,
+        chars: usize,
+        limit: usize,
+    },
     /// An array has more items than the limit.
     TooMany { count: usize, limit: usize },
     /// A string is not one of the allowed values.
@@ -136,7 +142,20 @@ impl fmt::Display for Rule {
             Rule::OnlyWhen(why) => write!(f, "allowed only when {why}"),
             Rule::WrongType { expected, found } => write!(f, "must be {expected}, found {found}"),
             Rule::Empty => f.write_str("must not be empty"),
-            Rule::TooLong { chars, limit } => write!(f, "{chars} characters, limit is {limit}"),
+            Rule::TooLong {
+                units,
+                chars,
+                limit,
+            } if units == chars => write!(f, "{chars} characters, limit is {limit}"),
+            Rule::TooLong {
+                units,
+                chars,
+                limit,
+            } => write!(
+                f,
+                "{units} UTF-16 code units ({chars} characters; emoji and other characters \
+                 outside the Basic Multilingual Plane count twice), limit is {limit}"
+            ),
             Rule::TooMany { count, limit } => write!(f, "{count} items, limit is {limit}"),
             Rule::NotOneOf { value, allowed } => {
                 write!(f, "{value} is not one of {}", allowed.join(", "))

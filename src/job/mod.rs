@@ -267,6 +267,7 @@ fn check_job_id(path: &'static str, job_id: &str) -> Result<(), JobError> {
         return Err(JobError::invalid(
             path,
             Rule::TooLong {
+                units: job_id.len(),
                 chars: job_id.len(),
                 limit: MAX_JOB_ID_CHARS,
             },

@@ -293,16 +293,29 @@ fn one_of<'v>(
     }
 }
 
-/// Counts Unicode scalar values, the unit JSON Schema's `maxLength` counts, so the validator and
-/// the schema draw the line at the same character.
+/// Counts UTF-16 code units. Graph's limits are in "characters" without saying which unit
+/// (notes/graph-api.md), and a platform that counts UTF-16 units — as the simulator does —
+/// refuses 1,999 emoji that a count of code points lets through: counting units is the
+/// conservative choice, the one that never lets a doomed job reach Graph. JSON Schema's
+/// `maxLength` counts code points, so for text outside the Basic Multilingual Plane the schema
+/// is the looser check (tests/job_contract.rs pins down that one difference).
 fn max_chars(path: &str, value: &str, limit: usize) -> Result<(), JobError> {
-    // Most texts are far below the limit in bytes, and a string never has more chars than bytes.
+    // Most texts are far below the limit in bytes, and a string never has more UTF-16 units
+    // than UTF-8 bytes.
     if value.len() <= limit {
         return Ok(());
     }
-    let chars = value.chars().count();
-    if chars > limit {
-        return Err(JobError::invalid(path, Rule::TooLong { chars, limit }));
+    let units = value.encode_utf16().count();
+    if units > limit {
+        let chars = value.chars().count();
+        return Err(JobError::invalid(
+            path,
+            Rule::TooLong {
+                units,
+                chars,
+                limit,
+            },
+        ));
     }
     Ok(())
 }

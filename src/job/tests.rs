@@ -549,8 +549,15 @@ fn text_has_fewer_than_2000_characters() {
     };
     assert_valid(set(json!("x")));
     assert_valid(set(json!("x".repeat(1999))));
-    // Characters, not bytes: 1999 four-byte emoji are fine.
-    assert_valid(set(json!("🚚".repeat(1999))));
+    // UTF-16 code units, not bytes: 999 four-byte emoji and a letter are 1999 units, fine;
+    // 1000 emoji are 2000 units, as many as a platform counting UTF-16 refuses.
+    assert_valid(set(json!(format!("{}x", "🚚".repeat(999)))));
+    assert_valid(set(json!("€".repeat(1999))));
+    assert_refused(
+        set(json!("🚚".repeat(1000))),
+        "message.text: 2000 UTF-16 code units (1000 characters; emoji and other characters \
+         outside the Basic Multilingual Plane count twice), limit is 1999",
+    );
     assert_refused(
         set(json!("x".repeat(2000))),
         "message.text: 2000 characters, limit is 1999",
@@ -813,7 +820,8 @@ const KNOWN: &[&str] = &[
 
 /// The message of a valid job and whether it is media.
 fn valid_message() -> impl Strategy<Value = (Value, bool)> {
-    let text = "\\PC{1,1999}".prop_map(|text| (json!({ "text": text }), false));
+    // At most 999 characters: even all outside the BMP, that is under 1999 UTF-16 units.
+    let text = "\\PC{1,999}".prop_map(|text| (json!({ "text": text }), false));
     let attachment = (prop::sample::select(ATTACHMENT_TYPES), "[a-z]{1,10}").prop_map(
         |(kind, file)| {
             (
@@ -824,7 +832,8 @@ fn valid_message() -> impl Strategy<Value = (Value, bool)> {
     );
     (
         prop_oneof![text, attachment],
-        prop::option::of("\\PC{0,999}"),
+        // Metadata: at most 499 characters, under 999 UTF-16 units even outside the BMP.
+        prop::option::of("\\PC{0,499}"),
         prop::option::of(0..=MAX_QUICK_REPLIES),
     )
         .prop_map(|((mut message, media), metadata, replies)| {
