@@ -107,6 +107,29 @@ async fn run(wanted: &[&str], divisor: usize) -> String {
     report
 }
 
+/// User + system CPU seconds of process `pid` (or `"self"`) so far, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0 // CLK_TCK is 100 on Linux
+}
+
+/// Operations per batch request the simulator received.
+async fn ops_per_batch(sim: &Simulator) -> f64 {
+    let totals = sim.client().stats().await.expect("simulator stats").totals;
+    totals.ops as f64 / totals.batches.max(1) as f64
+}
+
 // ===== scenarios =====
 
 async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
@@ -124,6 +147,7 @@ async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
     let elapsed = last_arrival(&sim).await.saturating_duration_since(started);
     let rate = jobs as f64 / elapsed.as_secs_f64();
     let cpu = daemon.cpu_seconds();
+    let batch = ops_per_batch(&sim).await;
     daemon.stop();
     sim.shutdown().await;
 
@@ -133,7 +157,7 @@ async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
         Config::new(&ceiling_prefix, "http://127.0.0.1:1", &page_ids, 1).topology();
     declare(&ceiling_topology).await;
     fill(&ceiling_topology, &workload(&page_ids, jobs, 0)).await;
-    let ceiling = drain_bare(&ceiling_topology, jobs, 1000).await;
+    let (ceiling, bare_cpu) = drain_bare(&ceiling_topology, jobs, 1000).await;
     cleanup(&run_prefix).await;
     cleanup(&ceiling_prefix).await;
 
@@ -143,10 +167,13 @@ async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
          | pagerelay, first consume → last delivery | {rate:.0} jobs/s ({:.1} s) |\n\
          | broker ceiling (bare lapin consumer, ack each) | {ceiling:.0} jobs/s |\n\
          | ratio | **{:.2}** (target ≥ 0.50) |\n\
-         | pagerelay CPU | {:.1} ms per 1,000 jobs |\n",
+         | pagerelay CPU | {:.1} ms per 1,000 jobs |\n\
+         | bare consumer CPU (receive + ack only) | {:.1} ms per 1,000 jobs |\n\
+         | operations per Graph batch request | {batch:.1} |\n",
         elapsed.as_secs_f64(),
         rate / ceiling,
         cpu * 1000.0 / (jobs as f64 / 1000.0),
+        bare_cpu * 1000.0 / (jobs as f64 / 1000.0),
     );
     (text, rate)
 }
@@ -165,6 +192,7 @@ async fn scenario_cost(jobs: usize, pages: usize) -> String {
     wait_for_deliveries(&sim, jobs as u64, Duration::from_secs(900)).await;
     let cpu = daemon.cpu_seconds() - cpu_before;
     let rss = daemon.peak_rss_mb();
+    let batch = ops_per_batch(&sim).await;
     daemon.stop();
     sim.shutdown().await;
     cleanup(&prefix).await;
@@ -172,7 +200,8 @@ async fn scenario_cost(jobs: usize, pages: usize) -> String {
         "## cost\n\n{jobs} jobs over {pages} distinct Pages, prefetch 10,000.\n\n\
          | measure | value | target |\n|---|---|---|\n\
          | CPU (user + sys) per 1,000 jobs delivered | **{:.1} ms** | ≤ 20 ms |\n\
-         | peak RSS | **{rss:.0} MB** | ≤ 150 MB |\n",
+         | peak RSS | **{rss:.0} MB** | ≤ 150 MB |\n\
+         | operations per Graph batch request | {batch:.1} | |\n",
         cpu * 1000.0 / (jobs as f64 / 1000.0)
     )
 }
@@ -316,7 +345,6 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
         }
         fill(&topology, &all).await;
         let mut daemon = Daemon::start(&config).await;
-        let started = daemon.ready_at;
         let healthy_total = (healthy_pages * per_page) as u64;
         let client = sim.client();
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -336,7 +364,6 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
             .max()
             .unwrap_or(0);
         let started_ms = daemon.ready_unix_ms;
-        let _ = started;
         let rate = healthy_total as f64 / ((last.saturating_sub(started_ms)) as f64 / 1000.0);
         daemon.stop();
         sim.shutdown().await;
@@ -479,7 +506,9 @@ async fn fill(topology: &Topology, jobs: &[(String, String, String)]) {
 }
 
 /// A bare consumer draining `expected` messages with `prefetch`, acking each; messages/s.
-async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> f64 {
+/// Drains `expected` deliveries with a bare lapin consumer acking each; returns the rate and the
+/// CPU seconds this process spent on it (nothing else runs in it meanwhile).
+async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> (f64, f64) {
     let conn = lapin::Connection::connect(AMQP_URL, Default::default())
         .await
         .expect("broker");
@@ -500,6 +529,7 @@ async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> f64 
         .expect("consume");
     let mut seen = 0;
     let mut started = None;
+    let cpu_before = cpu_seconds("self");
     while seen < expected {
         let delivery = consumer
             .next()
@@ -511,8 +541,9 @@ async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> f64 
         seen += 1;
     }
     let elapsed = started.expect("at least one").elapsed();
+    let cpu = cpu_seconds("self") - cpu_before;
     let _ = conn.close(200, "drained".into()).await;
-    expected as f64 / elapsed.as_secs_f64()
+    (expected as f64 / elapsed.as_secs_f64(), cpu)
 }
 
 async fn wait_for_deliveries(sim: &Simulator, n: u64, within: Duration) {
@@ -651,22 +682,9 @@ impl Daemon {
         }
     }
 
-    /// User + system CPU seconds so far, from /proc.
+    /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields
-            .get(11)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        ticks / 100.0 // CLK_TCK is 100 on Linux
+        cpu_seconds(&self.child.id().to_string())
     }
 
     /// Peak resident set size (VmHWM), in MB.

@@ -162,7 +162,8 @@ fn expect_valid(name: &str, body: &[u8]) -> Expect {
 fn on_the_wire(body: &serde_json::Map<String, Value>) -> Value {
     let mut body = body.clone();
     for (key, value) in body.iter_mut() {
-        if !["recipient", "message"].contains(&key.as_str()) && (value.is_object() || value.is_array())
+        if !["recipient", "message"].contains(&key.as_str())
+            && (value.is_object() || value.is_array())
         {
             *value = Value::String(value.to_string());
         }
@@ -395,13 +396,11 @@ fn transport_cases() -> Vec<Case> {
     );
 
     // Duplicate keys: the last one wins, and it is what is checked and sent.
-    let twice = format!(
-        r#"{{"page_id":"104857600000001","recipient":{{"id":"7000600"}},"messaging_type":"UPDATE","message":{{"text":"first"}},"message":{{"text":"second"}}}}"#
-    );
+    let twice = r#"{"page_id":"104857600000001","recipient":{"id":"7000600"},"messaging_type":"UPDATE","message":{"text":"first"},"message":{"text":"second"}}"#;
     cases.push(Case::new(
         "json/duplicate-key-last-wins",
         PAGE,
-        twice.into_bytes(),
+        twice.as_bytes().to_vec(),
         Expect::Delivered(json!({
             "recipient": {"id": "7000600"},
             "messaging_type": "UPDATE",

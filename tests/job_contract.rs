@@ -150,7 +150,10 @@ fn astral_text_is_where_the_validator_is_stricter_than_the_schema() {
         // At the limit in UTF-16 units: both accept.
         let fits = job(field, format!("{}x", "🚚".repeat(limit / 2)));
         assert!(schema_errors(&fits).is_empty(), "{field}");
-        assert!(decode(&serde_json::to_vec(&fits).unwrap()).is_ok(), "{field}");
+        assert!(
+            decode(&serde_json::to_vec(&fits).unwrap()).is_ok(),
+            "{field}"
+        );
         // Over it in units, under it in code points: only the validator refuses, by name.
         let chars = limit / 2 + 1;
         let over = job(field, "🚚".repeat(chars));

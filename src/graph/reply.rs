@@ -22,8 +22,8 @@
 //! # Secrets
 //!
 //! Graph error messages may quote what the request carried, the access token included. Every text
-//! field of a decoded error has the batch's token and proof replaced by `[redacted]`, so errors
-//! can go to logs and dead-letter headers as they are.
+//! of a decoded reply — error fields, receipts, usage entries — has the batch's token and proof
+//! replaced by `[redacted]`, so replies can go to logs and dead-letter headers as they are.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -92,6 +92,14 @@ impl BatchReply {
                 None => BatchFailure::Http { status },
             })
         };
+        // Everything Graph wrote is scrubbed, not only its error texts: a reply that echoes the
+        // token anywhere (a receipt, a usage header's business id) must not carry it into logs.
+        for entry in &mut usage.business_use_cases {
+            scrub.apply_in_place(&mut entry.business_id);
+            if let Some(kind) = &mut entry.kind {
+                scrub.apply_in_place(kind);
+            }
+        }
         BatchReply {
             result,
             operations,
@@ -265,10 +273,18 @@ fn decode_items(
             }
             let body = item.body.unwrap_or_default();
             Ok(if status.is_success() {
-                ItemResult::Success {
-                    status,
-                    receipt: body.receipt,
+                let mut receipt = body.receipt;
+                for field in [
+                    &mut receipt.recipient_id,
+                    &mut receipt.message_id,
+                    &mut receipt.attachment_id,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    scrub.apply_in_place(field);
                 }
+                ItemResult::Success { status, receipt }
             } else {
                 ItemResult::Error {
                     status,
@@ -483,6 +499,13 @@ impl<'a> Scrubber<'a> {
             }
         }
         text.into_owned()
+    }
+
+    /// [`apply`](Self::apply) to a string owned already, allocating only when a secret is in it.
+    fn apply_in_place(&self, text: &mut String) {
+        if self.secrets.into_iter().flatten().any(|s| text.contains(s)) {
+            *text = self.apply(text);
+        }
     }
 }
 
@@ -977,6 +1000,29 @@ mod tests {
                 "{rendered}"
             );
         }
+    }
+
+    /// Found by the fuzz target: a receipt (or a usage header) that echoes the token carried it
+    /// into the decoded reply.
+    #[test]
+    fn secrets_anywhere_in_a_reply_are_redacted() {
+        let receipt = json!({"recipient_id": format!("1{TOKEN}2"), "message_id": TOKEN});
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            BUSINESS_USE_CASE_USAGE,
+            json!({TOKEN: [{"type": TOKEN, "call_count": 1}]})
+                .to_string()
+                .parse()
+                .unwrap(),
+        );
+        let reply = decode_with_headers(1, 200, headers, &json!([item(200, receipt)]).to_string());
+        let rendered = format!("{reply:?}");
+        assert!(!rendered.contains(TOKEN), "{rendered}");
+        let Ok([ItemResult::Success { receipt, .. }]) = reply.result() else {
+            panic!("{rendered}");
+        };
+        assert_eq!(receipt.recipient_id.as_deref(), Some("1[redacted]2"));
+        assert_eq!(reply.usage().business_use_cases[0].business_id, REDACTED);
     }
 
     #[test]
