@@ -21,14 +21,14 @@ use std::time::Duration;
 use lapin::Connection;
 use nix::sys::signal::Signal;
 use pagerelay::amqp::Topology;
-use pagerelay::sim::{Faults, OutageMode, PageConfig, PageUpdate, SimConfig, Simulator};
+use pagerelay::sim::{Faults, OutageMode, PageUpdate, SimConfig, Simulator};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use support::accounting::{Ledger, Tally, Window};
 use support::cli::Cli;
 use support::daemon::{Daemon, DaemonConfig, sum_metric};
-use support::{broker, jobs, wait_for};
+use support::{broker, jobs, unix_ms, wait_for};
 
 // ---------------------------------------------------------------------------------------------
 // Sizes and fixtures
@@ -56,9 +56,7 @@ fn seed() -> u64 {
 }
 
 fn page_ids(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{}", 300_000_000_000_000u64 + i as u64))
-        .collect()
+    support::sim::page_ids(300_000_000_000_000, n)
 }
 
 /// A simulator for `pages` with a generous per-second limit (these scenarios are about faults,
@@ -67,15 +65,11 @@ fn page_ids(n: usize) -> Vec<String> {
 async fn sim_with(pages: &[String], latency_ms: u64, mut faults: Faults) -> Simulator {
     faults.latency_p50_ms = faults.latency_p50_ms.max(latency_ms);
     faults.latency_p99_ms = faults.latency_p99_ms.max(latency_ms);
-    let mut config = SimConfig {
+    let config = SimConfig {
         rps_limit: 100_000,
-        ..SimConfig::default()
+        ..support::sim::config(pages, 10_000_000, seed())
     }
-    .with_seed(seed())
     .with_faults(faults);
-    for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), 10_000_000));
-    }
     Simulator::start(config).await.unwrap()
 }
 
@@ -98,26 +92,6 @@ async fn publish(conn: &Connection, topology: &Topology, all: &[Value]) {
     for chunk in all.chunks(20_000) {
         jobs::publish(conn, topology, chunk).await;
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Peak resident set (VmHWM) of a running daemon, in MB as the load bench counts them (MiB).
-fn peak_rss_mb(daemon: &Daemon) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()?)).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Polls the record until at least `n` jobs of the ledger were delivered.
@@ -167,7 +141,7 @@ async fn finish(
             );
         }
         let metrics = daemon.metrics().await;
-        let rss = peak_rss_mb(daemon);
+        let rss = daemon.peak_rss_mib();
         let status = daemon.stop().await;
         assert!(
             status.success(),

@@ -17,13 +17,13 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pagerelay::sim::{PageConfig, SimClient, SimConfig, Simulator};
 use serde_json::Value;
 
 use support::daemon::{Daemon, DaemonConfig};
-use support::{broker, jobs, wait_for};
+use support::{broker, jobs, unix_ms, wait_for};
 
 /// A hot Page with a backlog well beyond one second of its ceiling, and many small Pages.
 struct Workload {
@@ -144,13 +144,6 @@ impl Record {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// Active consumers per jobs queue (queues whose names start with `prefix.jobs`).
 async fn active_by_queue(management: &str, prefix: &str) -> BTreeMap<String, Vec<String>> {
     let mut active: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -186,19 +179,6 @@ fn pid_of(tag: &str) -> &str {
     tag.split('-').nth(1).unwrap_or_default()
 }
 
-/// Peak resident set (VmHWM) of a running process, in MiB.
-fn peak_rss_mib(daemon: &Daemon) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()?)).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 /// CPU time a running process has used (first field of /proc/<pid>/schedstat, in ns).
 fn cpu_time(daemon: &Daemon) -> Option<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{}/schedstat", daemon.pid()?)).ok()?;
@@ -210,7 +190,7 @@ fn resources(daemon: &Daemon) -> String {
     format!(
         "pid {}: peak RSS {:.1} MiB, CPU {:.2} s",
         daemon.pid().map(|p| p.to_string()).unwrap_or_default(),
-        peak_rss_mib(daemon).unwrap_or(f64::NAN),
+        daemon.peak_rss_mib().unwrap_or(f64::NAN),
         cpu_time(daemon).map_or(f64::NAN, |d| d.as_secs_f64())
     )
 }
