@@ -157,7 +157,10 @@ async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
         Config::new(&ceiling_prefix, "http://127.0.0.1:1", &page_ids, 1).topology();
     declare(&ceiling_topology).await;
     fill(&ceiling_topology, &workload(&page_ids, jobs, 0)).await;
-    let (ceiling, bare_cpu) = drain_bare(&ceiling_topology, jobs, 1000).await;
+    let (ceiling, bare_cpu) = drain_bare(&ceiling_topology, jobs, 1000, 1).await;
+    // And once more acking every 100th delivery with `multiple`: the share of the ack frames.
+    fill(&ceiling_topology, &workload(&page_ids, jobs, 0)).await;
+    let (_, multi_cpu) = drain_bare(&ceiling_topology, jobs, 1000, 100).await;
     cleanup(&run_prefix).await;
     cleanup(&ceiling_prefix).await;
 
@@ -169,11 +172,13 @@ async fn scenario_throughput(jobs: usize, pages: usize) -> (String, f64) {
          | ratio | **{:.2}** (target ≥ 0.50) |\n\
          | pagerelay CPU | {:.1} ms per 1,000 jobs |\n\
          | bare consumer CPU (receive + ack only) | {:.1} ms per 1,000 jobs |\n\
+         | bare consumer CPU, one `multiple` ack per 100 deliveries | {:.1} ms per 1,000 jobs |\n\
          | operations per Graph batch request | {batch:.1} |\n",
         elapsed.as_secs_f64(),
         rate / ceiling,
         cpu * 1000.0 / (jobs as f64 / 1000.0),
         bare_cpu * 1000.0 / (jobs as f64 / 1000.0),
+        multi_cpu * 1000.0 / (jobs as f64 / 1000.0),
     );
     (text, rate)
 }
@@ -505,10 +510,16 @@ async fn fill(topology: &Topology, jobs: &[(String, String, String)]) {
     let _ = conn.close(200, "filled".into()).await;
 }
 
-/// A bare consumer draining `expected` messages with `prefetch`, acking each; messages/s.
-/// Drains `expected` deliveries with a bare lapin consumer acking each; returns the rate and the
-/// CPU seconds this process spent on it (nothing else runs in it meanwhile).
-async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> (f64, f64) {
+/// Drains `expected` deliveries with a bare lapin consumer and `prefetch`; returns the rate and
+/// the CPU seconds this process spent on it (nothing else runs in it meanwhile). With
+/// `ack_every = 1` it acks each delivery (the ceiling); with more, one `multiple` ack per that
+/// many deliveries, which shows what the ack frames themselves cost.
+async fn drain_bare(
+    topology: &Topology,
+    expected: usize,
+    prefetch: u16,
+    ack_every: usize,
+) -> (f64, f64) {
     let conn = lapin::Connection::connect(AMQP_URL, Default::default())
         .await
         .expect("broker");
@@ -537,8 +548,15 @@ async fn drain_bare(topology: &Topology, expected: usize, prefetch: u16) -> (f64
             .expect("delivery")
             .expect("delivery ok");
         started.get_or_insert_with(Instant::now);
-        delivery.ack(BasicAckOptions::default()).await.expect("ack");
         seen += 1;
+        if ack_every == 1 {
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        } else if seen % ack_every == 0 || seen == expected {
+            delivery
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .expect("ack");
+        }
     }
     let elapsed = started.expect("at least one").elapsed();
     let cpu = cpu_seconds("self") - cpu_before;

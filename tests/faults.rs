@@ -183,12 +183,12 @@ async fn kill_9_five_times_mid_run_loses_nothing() {
     let pages = page_ids(10);
     // 20 ms per batch, so batches are in flight when the kills come.
     let sim = sim_with(&pages, 20, Faults::default()).await;
-    // 10 Pages at 100/s: the run lasts long enough (≥ 5 s reduced, ≥ 50 s full) for five kills
-    // and restarts to land inside it, and the backlog makes lanes park their overflow, so kills
-    // also catch parked copies.
+    // 10 Pages at 30/s: the run lasts long enough (about 17 s reduced, 170 s full) for five
+    // kills and restarts to land inside it even on a busy machine, and the backlog makes lanes
+    // park their overflow, so kills also catch parked copies.
     let config = DaemonConfig::new(&prefix, &sim.base_url())
         .pages(&pages, 10_000_000)
-        .section("limits", "rps = 100\nrps_burst = 50");
+        .section("limits", "rps = 30\nrps_burst = 30");
     let mut daemon = Daemon::start(config.clone()).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
@@ -255,7 +255,11 @@ async fn two_broker_restarts_mid_run_lose_nothing() {
     let node = broker::OwnNode::start("faults-restart");
     let pages = page_ids(4);
     let sim = sim_with(&pages, 5, Faults::default()).await;
-    let mut config = DaemonConfig::new("faults-restart", &sim.base_url()).pages(&pages, 10_000_000);
+    // 4 Pages at 100/s: the run lasts about 20 s, so that stopping and starting a node (seconds
+    // each, more on a busy machine) lands inside it both times.
+    let mut config = DaemonConfig::new("faults-restart", &sim.base_url())
+        .pages(&pages, 10_000_000)
+        .section("limits", "rps = 100\nrps_burst = 50");
     config.amqp_url = node.url();
     let mut daemon = Daemon::start(config).await;
     let topology = daemon.topology();
@@ -270,7 +274,7 @@ async fn two_broker_restarts_mid_run_lose_nothing() {
     }
 
     let mut restarts = Vec::new();
-    for fraction in [0.25, 0.6] {
+    for fraction in [0.2, 0.5] {
         wait_delivered(
             &mut ledger,
             &sim,
@@ -290,7 +294,7 @@ async fn two_broker_restarts_mid_run_lose_nothing() {
         assert!(
             delivered < n,
             "restart {} came after the run",
-            restarts.len()
+            restarts.len() / 2 + 1
         );
         eprintln!("{name}: broker down at {delivered} of {n} delivered",);
         node.restart();

@@ -86,16 +86,18 @@ async fn send_inner(
 
     // The Page's health first, so that parked jobs get the cooldown just decided.
     let retry = &shared.settings.retry;
-    if results.items.iter().any(|i| i.answered) {
-        page.signal(Signal::Answered, retry);
-    }
+    let answered = results.items.iter().any(|i| i.answered);
     let batch_failed = results.result != "ok"
         && results
             .items
             .iter()
             .all(|i| matches!(i.decision, Decision::Retry(_)));
-    if batch_failed {
+    if answered {
+        page.signal(Signal::Answered, retry);
+    } else if batch_failed {
         page.signal(Signal::BatchFailed, retry);
+    } else {
+        page.signal(Signal::Inconclusive, retry);
     }
     if let Some(reason) = results.items.iter().find_map(|i| match i.decision {
         Decision::StopPage(r) => Some(r),

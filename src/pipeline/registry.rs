@@ -99,6 +99,11 @@ pub enum Signal {
     Answered,
     /// The whole batch failed (5xx, transport, timeout, undecodable reply).
     BatchFailed,
+    /// Neither: no operation was answered, yet the request did not fail (every entry `null`,
+    /// not executed). Nothing was learned about the Page's health, but a probe that ends this
+    /// way is over: without this signal it would stay "in flight" forever, and the Page's
+    /// jobs would be parked behind a circuit that never probes again.
+    Inconclusive,
     /// A rate-limit reply, with the platform's estimate when it gave one.
     Throttled { regain: Option<Duration> },
     /// The Page must stop: its token, app secret proof or standing was refused.
@@ -179,6 +184,13 @@ impl Control {
                     ));
                 }
                 change
+            }
+            Signal::Inconclusive => {
+                self.circuit.probing = false;
+                if let Some(pause) = &mut self.pause {
+                    pause.probing = false;
+                }
+                None
             }
             Signal::BatchFailed => {
                 self.circuit.failures += 1;
@@ -541,6 +553,12 @@ mod tests {
         );
         let t2 = t1 + retry.cooldown_min * 2;
         assert_eq!(c.admission(t2), Admission::Probe);
+        // A probe whose only entry came back `null` says nothing, but it is over: the next job
+        // probes again instead of waiting behind a probe that will never answer.
+        c.probe_sent();
+        assert!(c.apply(Signal::Inconclusive, t2, &retry, 0).is_none());
+        assert_eq!(c.admission(t2), Admission::Probe);
+        c.probe_sent();
         assert!(c.apply(Signal::Answered, t2, &retry, 0).is_some());
         assert_eq!(c.admission(t2), Admission::Open);
     }
