@@ -399,19 +399,7 @@ async fn a_replay_refuses_a_paused_page_then_moves_exactly_its_token_invalid_let
     );
 
     // The fix: a new token for the Page, on both sides, and a SIGHUP.
-    client
-        .update_page(
-            a,
-            &PageUpdate {
-                token: Some("token-a-rotated".into()),
-                revoked: Some(false),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
-    daemon.set_token(a, "token-a-rotated");
-    daemon.signal(Signal::SIGHUP);
+    daemon.rotate_token(&client, a, "token-a-rotated").await;
     wait_for(
         "Page A no longer paused",
         Duration::from_secs(30),

@@ -19,7 +19,6 @@ mod support;
 use std::time::Duration;
 
 use lapin::Connection;
-use nix::sys::signal::Signal;
 use pagerelay::amqp::Topology;
 use pagerelay::sim::{Faults, OutageMode, PageUpdate, SimConfig, Simulator};
 use rand::{Rng, SeedableRng};
@@ -71,20 +70,6 @@ async fn sim_with(pages: &[String], latency_ms: u64, mut faults: Faults) -> Simu
     }
     .with_faults(faults);
     Simulator::start(config).await.unwrap()
-}
-
-/// `n` text jobs spread over `pages` and 2,000 recipients, with ids `<tag>-<i>` (also in
-/// `message.metadata`, where the simulator's record shows them).
-fn workload(pages: &[String], n: usize, tag: &str) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            jobs::text_job(
-                &pages[i % pages.len()],
-                &format!("{}", 5_000_000 + i % 2_000),
-                &format!("{tag}-{i}"),
-            )
-        })
-        .collect()
 }
 
 /// Publishes with confirms, 20,000 at a time (a million jobs as one buffer would be 300 MB).
@@ -192,7 +177,7 @@ async fn kill_9_five_times_mid_run_loses_nothing() {
     let mut daemon = Daemon::start(config.clone()).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
-    let all = workload(&pages, n, "kill");
+    let all = jobs::text_jobs(&pages, n, "kill");
     let mut ledger = Ledger::new(&name, &all);
     publish(&conn, &topology, &all).await;
 
@@ -263,7 +248,7 @@ async fn two_broker_restarts_mid_run_lose_nothing() {
     config.amqp_url = node.url();
     let mut daemon = Daemon::start(config).await;
     let topology = daemon.topology();
-    let all = workload(&pages, n, "restart");
+    let all = jobs::text_jobs(&pages, n, "restart");
     let mut ledger = Ledger::new(&name, &all);
     {
         let conn = Connection::connect(&node.url(), Default::default())
@@ -347,7 +332,7 @@ async fn an_outage_then_flaky_items_lose_nothing_and_send_nothing_twice() {
     let mut daemon = Daemon::start(config).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
-    let all = workload(&pages, n, "outage");
+    let all = jobs::text_jobs(&pages, n, "outage");
     let mut ledger = Ledger::new(&name, &all);
     publish(&conn, &topology, &all).await;
 
@@ -435,7 +420,7 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
     .await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
-    let all = workload(&pages, n, "token");
+    let all = jobs::text_jobs(&pages, n, "token");
     let mut ledger = Ledger::new(&name, &all);
 
     // Publishers keep publishing throughout (300 jobs/s): no backlog, so no job of a healthy
@@ -486,19 +471,9 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
     assert!(dead > 0, "the revoked Page's jobs were dead-lettered");
 
     // The rotation: the platform and pagerelay get a new token, and SIGHUP.
-    client
-        .update_page(
-            &revoked,
-            &PageUpdate {
-                token: Some("token-rotated".into()),
-                revoked: Some(false),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
-    daemon.set_token(&revoked, "token-rotated");
-    daemon.signal(Signal::SIGHUP);
+    daemon
+        .rotate_token(&client, &revoked, "token-rotated")
+        .await;
     wait_for("the Page to resume", Duration::from_secs(30), || async {
         let view = daemon.pages().await;
         let page = view
@@ -573,7 +548,7 @@ async fn a_slow_graph_with_timeouts_duplicates_within_the_lost_reply_window_only
     .await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
-    let all = workload(&pages, n, "slow");
+    let all = jobs::text_jobs(&pages, n, "slow");
     let ledger = Ledger::new(&name, &all);
     publish(&conn, &topology, &all).await;
 
@@ -627,7 +602,7 @@ async fn a_deep_backlog_stays_under_150_mb() {
     let topology = daemon.topology();
     assert!(daemon.stop().await.success());
     let conn = broker::connect().await;
-    let all = workload(&pages, n, "memory");
+    let all = jobs::text_jobs(&pages, n, "memory");
     let ledger = Ledger::new(&name, &all);
     publish(&conn, &topology, &all).await;
     drop(all);

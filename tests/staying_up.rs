@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use pagerelay::sim::{OutageMode, PageUpdate, Simulator};
-use serde_json::Value;
 
 use support::daemon::{Daemon, DaemonConfig};
 use support::sim::{arrivals, wait_delivered};
@@ -26,18 +25,6 @@ async fn sim_with(pages: &[String], audience: u64, latency_ms: u64) -> Simulator
     config.faults.latency_p50_ms = latency_ms;
     config.faults.latency_p99_ms = latency_ms;
     Simulator::start(config).await.unwrap()
-}
-
-fn workload(pages: &[String], n: usize, tag: &str) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            jobs::text_job(
-                &pages[i % pages.len()],
-                &format!("{}", 5_000_000 + i % 2000),
-                &format!("{tag}-{i}"),
-            )
-        })
-        .collect()
 }
 
 /// Like [`wait_delivered`], printing the daemon's diagnostics before failing.
@@ -69,7 +56,7 @@ async fn a_broker_restart_mid_run_loses_nothing() {
     let publisher_conn = lapin::Connection::connect(&node.url(), Default::default())
         .await
         .unwrap();
-    let all = workload(&pages, 20_000, "job");
+    let all = jobs::text_jobs(&pages, 20_000, "job");
     jobs::publish(&publisher_conn, &topology, &all).await;
     let _ = publisher_conn.close(200, "published".into()).await;
 
@@ -117,7 +104,7 @@ async fn sigterm_hands_work_back_and_a_new_process_finishes_it() {
     let mut first = Daemon::start(config.clone()).await;
     let conn = broker::connect().await;
     let topology = first.topology();
-    jobs::publish(&conn, &topology, &workload(&pages, 5_000, "job")).await;
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 5_000, "job")).await;
 
     wait_delivered(&sim, 1_000, Duration::from_secs(60)).await;
     let status = first.stop().await;
@@ -160,13 +147,13 @@ async fn a_graph_outage_parks_and_delivery_resumes_after_it() {
     let topology = daemon.topology();
     let client = sim.client();
 
-    jobs::publish(&conn, &topology, &workload(&pages, 500, "before")).await;
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 500, "before")).await;
     wait_delivered(&sim, 500, Duration::from_secs(60)).await;
     client
         .start_outage(Some(Duration::from_secs(30)), OutageMode::Http503)
         .await
         .unwrap();
-    jobs::publish(&conn, &topology, &workload(&pages, 2_000, "during")).await;
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 2_000, "during")).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         daemon.metric("pagerelay_page_circuit_open", &[]).await >= 1.0,
@@ -213,7 +200,7 @@ async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing(
         Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000)).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
-    jobs::publish(&conn, &topology, &workload(&pages, 300, "job")).await;
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 300, "job")).await;
 
     // The other Pages deliver; the revoked one pauses and parks its jobs.
     wait_delivered(&sim, 200, Duration::from_secs(60)).await;
@@ -252,19 +239,9 @@ async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing(
     assert!(daemon.logs().contains("reload rejected"));
 
     // Rotate: the platform gets a new token, and so does pagerelay.
-    client
-        .update_page(
-            &revoked,
-            &PageUpdate {
-                token: Some("token-rotated".into()),
-                revoked: Some(false),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
-    daemon.set_token(&revoked, "token-rotated");
-    daemon.signal(Signal::SIGHUP);
+    daemon
+        .rotate_token(&client, &revoked, "token-rotated")
+        .await;
     wait_delivered(&sim, 300, Duration::from_secs(60)).await;
     let counts = arrivals(&sim).await;
     assert_eq!(counts.len(), 300);
@@ -361,7 +338,7 @@ async fn a_second_signal_exits_at_once_and_still_loses_nothing() {
     let mut first = Daemon::start(config.clone()).await;
     let conn = broker::connect().await;
     let topology = first.topology();
-    jobs::publish(&conn, &topology, &workload(&pages, 2_000, "job")).await;
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 2_000, "job")).await;
     wait_delivered(&sim, 200, Duration::from_secs(60)).await;
 
     first.signal(Signal::SIGTERM);

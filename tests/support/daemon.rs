@@ -332,6 +332,23 @@ impl Daemon {
         .unwrap();
     }
 
+    /// A token rotation as an operator does it: the platform issues `token` for `page` (and
+    /// lifts any revocation), the tokens file gets it, and SIGHUP reloads it.
+    pub async fn rotate_token(&mut self, sim: &pagerelay::sim::SimClient, page: &str, token: &str) {
+        sim.update_page(
+            page,
+            &pagerelay::sim::PageUpdate {
+                token: Some(token.into()),
+                revoked: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        self.set_token(page, token);
+        self.signal(Signal::SIGHUP);
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn stop(&mut self) -> ExitStatus {
         self.signal(Signal::SIGTERM);

@@ -24,6 +24,19 @@ pub fn text_job(page: &str, recipient: &str, job_id: &str) -> Value {
     })
 }
 
+/// `n` text jobs spread round-robin over `pages` and 2,000 recipients, with ids `<tag>-<i>`.
+pub fn text_jobs(pages: &[String], n: usize, tag: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            text_job(
+                &pages[i % pages.len()],
+                &format!("{}", 5_000_000 + i % 2_000),
+                &format!("{tag}-{i}"),
+            )
+        })
+        .collect()
+}
+
 /// The job id a delivery in the simulator's record belongs to.
 pub fn job_id_of(delivery_body: &Value) -> Option<String> {
     delivery_body["message"]["metadata"]
