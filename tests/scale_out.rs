@@ -573,7 +573,7 @@ async fn a_cluster_loses_the_leader_node_of_a_shard_without_losing_a_job() {
     // three-node cluster) and, by the policies' balanced locator, leaders spread over the nodes.
     // The hot Page's 400 jobs fit in its lane (hold limit 500 at 250/s), so nothing is parked.
     // With 600, 50 of them were parked, and in 2 of 6 runs those 50 had not come back from
-    // their delay tier four minutes after the node leading the shard stopped: RabbitMQ 3.10's
+    // their delay tier 2 and 4 minutes after the node leading the shard stopped: RabbitMQ 3.10's
     // at-least-once dead-lettering out of the tier stalled across the leader change. README,
     // Scaling, says so; this test keeps to what it can assert every time.
     let workload = Workload::new(400, 10, 30);
