@@ -82,9 +82,16 @@ async fn a_broker_restart_mid_run_loses_nothing() {
     let twice = counts.values().filter(|n| **n > 1).count();
     eprintln!("delivered {during} before the restart; missing {missing}; sent twice {twice}");
     assert_eq!(missing, 0, "nothing lost");
-    assert_eq!(
-        twice, 0,
-        "the duplicate guard acked the redeliveries of delivered jobs"
+    // The duplicate guard acks the redeliveries of delivered jobs, so the only duplicates left
+    // are the README's parked-copy window: a copy confirmed into a delay tier whose original's
+    // ack died with the connection. Each needs a parked or retried copy to explain it.
+    let copies = daemon.metric("pagerelay_parked_total", &[]).await
+        + daemon
+            .metric("pagerelay_operations_total", &["outcome=\"retried\""])
+            .await;
+    assert!(
+        twice as f64 <= copies,
+        "{twice} jobs sent twice, only {copies} parked or retried copies to explain them"
     );
     assert!(daemon.metric("pagerelay_amqp_reconnects_total", &[]).await >= 1.0);
     let conn = lapin::Connection::connect(&node.url(), Default::default())
