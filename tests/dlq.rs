@@ -339,14 +339,7 @@ async fn a_replay_refuses_a_paused_page_then_moves_exactly_its_token_invalid_let
     jobs::publish(&conn, &topology, &a_jobs).await;
     jobs::publish(&conn, &topology, &b_jobs).await;
     wait_depth(&conn, &dead, 24).await;
-    let pages_view = daemon.pages().await;
-    let paused = pages_view
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == a.as_str())
-        .unwrap()["paused"]
-        .clone();
+    let paused = daemon.page(a).await.unwrap()["paused"].clone();
     assert_eq!(paused, "token_invalid");
 
     let cli = Cli::for_daemon(&daemon);
@@ -404,12 +397,7 @@ async fn a_replay_refuses_a_paused_page_then_moves_exactly_its_token_invalid_let
         "Page A no longer paused",
         Duration::from_secs(30),
         || async {
-            let view = daemon.pages().await;
-            let page = view
-                .as_array()?
-                .iter()
-                .find(|p| p["id"] == a.as_str())?
-                .clone();
+            let page = daemon.page(a).await?;
             page["paused"].is_null().then_some(())
         },
     )

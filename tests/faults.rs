@@ -448,12 +448,7 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
         .await
         .unwrap();
     wait_for("the Page to pause", Duration::from_secs(30), || async {
-        let view = daemon.pages().await;
-        let page = view
-            .as_array()?
-            .iter()
-            .find(|p| p["id"] == revoked.as_str())?
-            .clone();
+        let page = daemon.page(&revoked).await?;
         (page["paused"] == "token_invalid").then_some(())
     })
     .await;
@@ -475,12 +470,7 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
         .rotate_token(&client, &revoked, "token-rotated")
         .await;
     wait_for("the Page to resume", Duration::from_secs(30), || async {
-        let view = daemon.pages().await;
-        let page = view
-            .as_array()?
-            .iter()
-            .find(|p| p["id"] == revoked.as_str())?
-            .clone();
+        let page = daemon.page(&revoked).await?;
         page["paused"].is_null().then_some(())
     })
     .await;

@@ -148,13 +148,7 @@ async fn a_page_out_of_budget_is_parked_while_the_others_flow() {
         .metric("pagerelay_parked_total", &["reason=\"budget\""])
         .await;
     assert!(parked > 0.0, "the tiny Page's overflow was parked");
-    let pages = daemon.pages().await;
-    let tiny_view = pages
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == tiny.as_str())
-        .unwrap();
+    let tiny_view = daemon.page(&tiny).await.unwrap();
     assert_eq!(tiny_view["budget"], 190);
 
     // After the window slides, the parked jobs come back and go out.

@@ -212,12 +212,7 @@ async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing(
     // The other Pages deliver; the revoked one pauses and parks its jobs.
     wait_delivered(&sim, 200, Duration::from_secs(60)).await;
     let paused = wait_for("the Page to pause", Duration::from_secs(30), || async {
-        let pages = daemon.pages().await;
-        let view = pages
-            .as_array()?
-            .iter()
-            .find(|p| p["id"] == revoked.as_str())?
-            .clone();
+        let view = daemon.page(&revoked).await?;
         (view["paused"] == "token_invalid").then_some(view)
     })
     .await;

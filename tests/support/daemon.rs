@@ -287,6 +287,16 @@ impl Daemon {
         sum_metric(&self.metrics().await, name, labels)
     }
 
+    /// Page `id`'s entry in `/pages`, if the daemon lists it.
+    pub async fn page(&self, id: &str) -> Option<Value> {
+        self.pages()
+            .await
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+    }
+
     pub async fn pages(&self) -> Value {
         let body = reqwest::get(format!("{}/pages", self.admin))
             .await
