@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use governor::clock::FakeRelativeClock;
-use pagerelay::config::{LoadOptions, Settings};
+use pagerelay::config::{LimitSettings, LoadOptions, Settings};
 use pagerelay::pipeline::batcher::{LaneItem, LaneQueue};
 use pagerelay::pipeline::limiter::{BudgetPlan, Ceilings, Grant, PageLimiter};
 use tokio::time::Instant;
 
 const PAGES: usize = 10_000;
 
-fn limiter(c: &mut Criterion) {
-    let limits = Settings::load(&LoadOptions::default())
-        .expect("default settings")
-        .limits;
+/// 10,000 Pages with full buckets, sharing one fake clock.
+fn pages(limits: &LimitSettings) -> (FakeRelativeClock, Vec<PageLimiter<FakeRelativeClock>>) {
     let clock = FakeRelativeClock::default();
     let ceilings = Ceilings {
         rps: NonZeroU32::new(250).unwrap(),
@@ -30,12 +28,19 @@ fn limiter(c: &mut Criterion) {
     let pages: Vec<PageLimiter<FakeRelativeClock>> = (0..PAGES)
         .map(|i| {
             PageLimiter::new(
-                BudgetPlan::for_audience(100_000 + i as u64, &limits),
+                BudgetPlan::for_audience(100_000 + i as u64, limits),
                 ceilings,
                 clock.clone(),
             )
         })
         .collect();
+    (clock, pages)
+}
+
+fn limiter(c: &mut Criterion) {
+    let limits = Settings::load(&LoadOptions::default())
+        .expect("default settings")
+        .limits;
     let mut group = c.benchmark_group("limiter");
     group.throughput(Throughput::Elements(1));
     // Each round over the 10,000 Pages advances the fake clock far enough for every Page to earn
@@ -44,8 +49,13 @@ fn limiter(c: &mut Criterion) {
         (1, Duration::from_millis(40)),
         (50, Duration::from_millis(400)),
     ] {
+        // Fresh Pages and clock per benchmark: the previous one leaves its Pages part-spent,
+        // and criterion's test mode (`cargo test --benches`) runs each routine only once.
+        // The cursor lives outside the routine, which criterion calls once per sample: restarting
+        // at Page 0 each time would meet Pages still spent from the previous sample.
+        let (clock, pages) = pages(&limits);
+        let mut next = 0;
         group.bench_function(format!("acquire_{n}_of_10000_pages"), |b| {
-            let mut next = 0;
             b.iter(|| {
                 let page = &pages[next];
                 next += 1;
