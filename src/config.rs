@@ -110,6 +110,9 @@ pub struct AmqpSettings {
     pub reconnect_max_delay: Duration,
     /// Broker-side redelivery limit of the jobs queues before they dead-letter a message.
     pub delivery_limit: u32,
+    /// How long a settled delivery may wait for the older ones to settle, so that a single
+    /// `basic.ack` with `multiple` covers them all.
+    pub ack_hold: Duration,
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -123,6 +126,7 @@ impl fmt::Debug for AmqpSettings {
             .field("reconnect_min_delay", &self.reconnect_min_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("delivery_limit", &self.delivery_limit)
+            .field("ack_hold", &self.ack_hold)
             .finish()
     }
 }
@@ -340,6 +344,7 @@ struct RawAmqp {
     reconnect_min_delay: String,
     reconnect_max_delay: String,
     delivery_limit: i64,
+    ack_hold: String,
 }
 
 impl Default for RawAmqp {
@@ -353,6 +358,7 @@ impl Default for RawAmqp {
             reconnect_min_delay: "500ms".into(),
             reconnect_max_delay: "30s".into(),
             delivery_limit: 20,
+            ack_hold: "20ms".into(),
         }
     }
 }
@@ -798,6 +804,7 @@ fn validate_amqp(raw: RawAmqp) -> Result<AmqpSettings, ConfigError> {
         reconnect_min_delay: min,
         reconnect_max_delay: max,
         delivery_limit: int_in("amqp.delivery_limit", raw.delivery_limit, 1, 1_000_000)? as u32,
+        ack_hold: at_most("amqp.ack_hold", &raw.ack_hold, Duration::from_secs(1))?,
     })
 }
 
@@ -1279,6 +1286,18 @@ fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
+fn at_most(key: &str, text: &str, max: Duration) -> Result<Duration, ConfigError> {
+    let d = duration(key, text)?;
+    if d > max {
+        return Err(ConfigError::invalid(
+            key,
+            quoted(text),
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(d)
+}
+
 fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
@@ -1332,6 +1351,7 @@ impl Settings {
         let _ = writeln!(out, "reconnect_min_delay = {}", d(a.reconnect_min_delay));
         let _ = writeln!(out, "reconnect_max_delay = {}", d(a.reconnect_max_delay));
         let _ = writeln!(out, "delivery_limit = {}", a.delivery_limit);
+        let _ = writeln!(out, "ack_hold = {}", d(a.ack_hold));
         let g = &self.graph;
         let _ = writeln!(out, "\n[graph]");
         let _ = writeln!(out, "base_url = {}", quoted(g.base_url.as_str()));
@@ -1558,6 +1578,10 @@ mod tests {
         assert_eq!(
             error_of("[retry]\ntiers = []\n"),
             "retry.tiers = []: needs at least one delay tier"
+        );
+        assert_eq!(
+            error_of("[amqp]\nack_hold = \"5s\"\n"),
+            "amqp.ack_hold = \"5s\": must be at most 1s"
         );
     }
 

@@ -139,6 +139,7 @@ pub const AMQP_CONSUMERS: &str = "pagerelay_amqp_consumers";
 pub const READY: &str = "pagerelay_ready";
 /// A settlement that could not be carried out (the delivery was handed back), by `step`.
 pub const SETTLE_FAILURES: &str = "pagerelay_settle_failures_total";
+pub const ACK_FRAMES: &str = "pagerelay_amqp_ack_frames_total";
 /// Configuration reloads, by `result` (ok, failed).
 pub const CONFIG_RELOADS: &str = "pagerelay_config_reloads_total";
 /// Audience reads from insights, by `result` (ok, failed).
@@ -331,6 +332,10 @@ pub const METRICS: &[Metric] = &[
         "Settlements that failed and handed the delivery back to the broker, by step (publish, ack, channel_gone).",
     ),
     counter(
+        ACK_FRAMES,
+        "Acknowledgement frames sent on the jobs channel, by kind (multiple: one ack covering a run of deliveries; single; requeue).",
+    ),
+    counter(
         CONFIG_RELOADS,
         "Page registry reloads (SIGHUP), by result (ok, failed).",
     ),
@@ -348,6 +353,7 @@ pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Label values known in advance, created at zero (see the module docs).
 const GRAPH_REQUEST_RESULTS: [&str; 5] = ["ok", "http_error", "transport", "timeout", "bad_reply"];
 const SETTLE_STEPS: [&str; 3] = ["publish", "ack", "channel_gone"];
+const ACK_FRAME_KINDS: [&str; 3] = ["multiple", "single", "requeue"];
 const RESULTS: [&str; 2] = ["ok", "failed"];
 
 /// The exporter, configured: buckets for every histogram and the idle timeout for gauges.
@@ -393,6 +399,9 @@ pub fn describe() {
     }
     for step in SETTLE_STEPS {
         metrics::counter!(SETTLE_FAILURES, "step" => step).absolute(0);
+    }
+    for kind in ACK_FRAME_KINDS {
+        metrics::counter!(ACK_FRAMES, "kind" => kind).absolute(0);
     }
     for result in RESULTS {
         metrics::counter!(CONFIG_RELOADS, "result" => result).absolute(0);

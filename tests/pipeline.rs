@@ -26,7 +26,7 @@ async fn every_job_is_delivered_exactly_once() {
     let prefix = broker::unique_prefix("exactly-once");
     let pages = page_ids(100);
     let sim = sim_with(&pages, 100_000).await;
-    let daemon =
+    let mut daemon =
         Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 100_000)).await;
     let conn = broker::connect().await;
     let topology = daemon.topology();
@@ -68,7 +68,30 @@ async fn every_job_is_delivered_exactly_once() {
             .await,
         10_000.0
     );
-    drop(daemon);
+    // Acknowledgements were coalesced: fewer frames than jobs, some of them covering runs.
+    let frames = |kind: &'static str| {
+        let daemon = &daemon;
+        async move {
+            daemon
+                .metric(
+                    "pagerelay_amqp_ack_frames_total",
+                    &[&format!("kind=\"{kind}\"")],
+                )
+                .await
+        }
+    };
+    let (multiple, single) = (frames("multiple").await, frames("single").await);
+    assert!(multiple > 0.0, "no multiple acks");
+    assert!(
+        multiple + single < 10_000.0,
+        "{multiple} multiple + {single} single ack frames for 10,000 jobs"
+    );
+    // And every one of them was acknowledged: after a graceful stop, nothing went back to the
+    // queue (an unacknowledged delivery would be ready again once its channel closed).
+    assert!(daemon.stop().await.success());
+    for queue in topology.job_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} got jobs back");
+    }
     broker::delete_topology(&prefix).await;
 }
 

@@ -13,8 +13,7 @@ use lapin::message::Delivery;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use super::{Envelope, Shared};
-use crate::amqp::Publisher;
+use super::{Envelope, Origin, Shared};
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::session::Deliveries;
 use crate::job::{DeliveryMeta, Job};
@@ -34,8 +33,7 @@ pub enum ConsumeEnd {
 /// Consumes until the connection fails, the broker cancels, or `stop` fires.
 pub async fn consume(
     shared: &Arc<Shared>,
-    generation: u64,
-    publisher: &Publisher,
+    origin: &Arc<Origin>,
     deliveries: &mut Deliveries,
     stop: &tokio_util::sync::CancellationToken,
 ) -> ConsumeEnd {
@@ -44,7 +42,7 @@ pub async fn consume(
             biased;
             _ = stop.cancelled() => return ConsumeEnd::Stopping,
             next = deliveries.next() => match next {
-                Some(Ok(delivery)) => accept(shared, generation, publisher, delivery),
+                Some(Ok(delivery)) => accept(shared, origin, delivery),
                 Some(Err(e)) => return ConsumeEnd::Lost(e),
                 None => return ConsumeEnd::Cancelled,
             },
@@ -53,8 +51,9 @@ pub async fn consume(
 }
 
 /// Decides where one delivery goes.
-fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery: Delivery) {
+fn accept(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery) {
     metrics::counter!(telemetry::JOBS_CONSUMED).increment(1);
+    origin.acks.received(delivery.delivery_tag);
     let state = JobState::from_headers(delivery.properties.headers().as_ref());
     let meta = DeliveryMeta {
         routing_key: delivery.routing_key.as_str(),
@@ -73,7 +72,7 @@ fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery
         Ok(job) => job,
         Err(e) => {
             let outcome = Shared::rejection(DeadLetterReason::Invalid, e.to_string());
-            settle_now(shared, delivery, state, None, publisher, outcome);
+            settle_now(shared, delivery, state, None, origin, outcome);
             return;
         }
     };
@@ -82,7 +81,7 @@ fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery
             DeadLetterReason::UnknownPage,
             format!("Page {} is not in pagerelay's Page registry", job.page_id),
         );
-        settle_now(shared, delivery, state, Some(job), publisher, outcome);
+        settle_now(shared, delivery, state, Some(job), origin, outcome);
         return;
     };
     if job.is_expired(Utc::now()) {
@@ -93,7 +92,7 @@ fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery
                 job.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()
             ),
         );
-        settle_now(shared, delivery, state, Some(job), publisher, outcome);
+        settle_now(shared, delivery, state, Some(job), origin, outcome);
         return;
     }
     if shared.dedup.contains(&job.job_id) {
@@ -102,7 +101,7 @@ fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery
             delivery,
             state,
             Some(job),
-            publisher,
+            origin,
             Outcome::Duplicate,
         );
         return;
@@ -113,8 +112,7 @@ fn accept(shared: &Arc<Shared>, generation: u64, publisher: &Publisher, delivery
         job,
         delivery,
         state,
-        generation,
-        publisher: publisher.clone(),
+        origin: origin.clone(),
         received: Instant::now(),
     };
     shared.lanes.route(shared, page, envelope);
@@ -125,14 +123,14 @@ fn settle_now(
     delivery: Delivery,
     state: JobState,
     job: Option<Job>,
-    publisher: &Publisher,
+    origin: &Arc<Origin>,
     outcome: Outcome,
 ) {
     let shared = shared.clone();
-    let publisher = publisher.clone();
+    let origin = origin.clone();
     tokio::spawn(async move {
         shared
-            .settle(&delivery, &state, job.as_ref(), &publisher, outcome)
+            .settle(&delivery, &state, job.as_ref(), &origin, outcome)
             .await;
     });
 }

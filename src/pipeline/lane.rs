@@ -197,8 +197,8 @@ impl Lane {
     fn handle(&mut self, msg: LaneMsg) {
         match msg {
             LaneMsg::Job(envelope) => {
-                self.generation = self.generation.max(envelope.generation);
-                if envelope.generation == self.generation {
+                self.generation = self.generation.max(envelope.origin.generation);
+                if envelope.origin.generation == self.generation {
                     self.queue.push(envelope, Instant::now());
                 }
             }
@@ -210,7 +210,7 @@ impl Lane {
                 self.generation = self.generation.max(generation);
                 let current = self.generation;
                 // Their delivery tags died with their channel; the broker redelivers them.
-                let dropped = self.queue.remove_where(|e| e.generation < current);
+                let dropped = self.queue.remove_where(|e| e.origin.generation < current);
                 if !dropped.is_empty() {
                     tracing::debug!(page = %self.page.id, dropped = dropped.len(), "dropped jobs of a lost connection");
                 }

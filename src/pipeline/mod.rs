@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
 use crate::amqp::headers::{DeadLetterReason, JobState};
-use crate::amqp::{Publisher, Topology};
+use crate::amqp::{Acks, Publisher, Topology};
 use crate::config::Settings;
 use crate::graph::GraphClient;
 use crate::job::Job;
@@ -72,15 +72,22 @@ pub struct Shared {
     pub stopping: CancellationToken,
 }
 
+/// The session a delivery came from. A delivery is settled through its own session only: its
+/// delivery tag means nothing on any other channel.
+pub struct Origin {
+    pub generation: u64,
+    /// Republishes go out on the delivery's own connection.
+    pub publisher: Publisher,
+    /// The acknowledgements of the delivery's channel.
+    pub acks: Acks,
+}
+
 /// A job taken from the broker, on its way through the pipeline.
 pub struct Envelope {
     pub job: Job,
     pub delivery: Delivery,
     pub state: JobState,
-    /// The session the delivery came from; its acker is void in any other.
-    pub generation: u64,
-    /// The publisher of that session: republishes go out on the delivery's own connection.
-    pub publisher: Publisher,
+    pub origin: Arc<Origin>,
     pub received: Instant,
 }
 
@@ -102,7 +109,7 @@ impl Shared {
         delivery: &Delivery,
         state: &JobState,
         job: Option<&Job>,
-        publisher: &Publisher,
+        origin: &Origin,
         outcome: Outcome,
     ) -> Settled {
         let incoming = Incoming {
@@ -119,12 +126,9 @@ impl Shared {
             jitter_draw: rand::rng().random::<f64>(),
         };
         let (settlement, settled) = outcome::plan(&outcome, incoming, ctx);
-        if let Err(e) =
-            outcome::settle(settlement, &delivery.data, &delivery.acker, publisher).await
-        {
+        if let Err(e) = outcome::settle(settlement, delivery, origin).await {
             let step = match e {
                 outcome::SettleError::Publish { .. } => "publish",
-                outcome::SettleError::Ack(_) => "ack",
                 outcome::SettleError::ChannelGone => "channel_gone",
             };
             metrics::counter!(telemetry::SETTLE_FAILURES, "step" => step).increment(1);
@@ -166,7 +170,7 @@ impl Shared {
             &envelope.delivery,
             &envelope.state,
             Some(&envelope.job),
-            &envelope.publisher,
+            &envelope.origin,
             outcome,
         )
         .await

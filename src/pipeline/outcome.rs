@@ -3,7 +3,8 @@
 //! [`plan`] is a pure function from an [`Outcome`] to a [`Settlement`] — ack it, or republish a
 //! copy (to a delay tier or the dead-letter exchange) with updated headers and then ack it, or
 //! hand it back. [`settle`] carries a settlement out, acking the original only after the copy's
-//! publish is confirmed. Every path through a delivery ends here, exactly once.
+//! publish is confirmed. Every path through a delivery ends here, exactly once. The ack frames
+//! themselves are `amqp::acks`'s: settling hands it the delivery tag.
 //!
 //! It does not classify Graph replies (see `graph::classify`) or choose park delays (see
 //! [`super::park`]).
@@ -11,15 +12,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::Acker;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::message::Delivery;
 use lapin::types::{FieldTable, ShortString};
 
+use super::Origin;
 use crate::amqp::headers::{self, DeadLetterReason, ErrorContext, JobState};
 use crate::amqp::publisher::without_expiration;
 use crate::amqp::topology::{TIER_HEADER, tier_label};
-use crate::amqp::{PublishError, Publisher, Topology};
+use crate::amqp::{PublishError, Topology};
 use crate::config::RetrySettings;
 use crate::graph::StopReason;
 
@@ -336,8 +337,6 @@ pub enum SettleError {
         #[source]
         source: PublishError,
     },
-    #[error("acknowledging failed: {0}")]
-    Ack(#[source] lapin::Error),
     #[error("the delivery's channel is gone; the broker will redeliver it")]
     ChannelGone,
 }
@@ -345,35 +344,37 @@ pub enum SettleError {
 /// How often a failed republish is tried again before the delivery is handed back.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
-/// Carries out `settlement` for the delivery `acker` belongs to.
+/// Carries out `settlement` for `delivery`, which came through `origin`.
 pub async fn settle(
     settlement: Settlement,
-    body: &[u8],
-    acker: &Acker,
-    publisher: &Publisher,
+    delivery: &Delivery,
+    origin: &Origin,
 ) -> Result<(), SettleError> {
-    match settlement {
-        Settlement::Ack => ack(acker).await,
-        Settlement::Requeue => requeue(acker).await,
+    let tag = delivery.delivery_tag;
+    let acks = &origin.acks;
+    let settled = match settlement {
+        Settlement::Ack => acks.ack(tag),
+        Settlement::Requeue => acks.requeue(tag),
         Settlement::Republish(copy) => {
+            let publisher = &origin.publisher;
             let mut backoff = Duration::from_millis(100);
             let mut attempt = 1;
             loop {
-                match publisher
+                let published = publisher
                     .publish(
                         &copy.exchange,
                         &copy.routing_key,
-                        body,
+                        &delivery.data,
                         copy.properties.clone(),
                     )
-                    .await
-                {
-                    Ok(()) => return ack(acker).await,
+                    .await;
+                match published {
+                    Ok(()) => break acks.ack(tag),
                     Err(source) => {
-                        if attempt >= PUBLISH_ATTEMPTS || !publisher.is_open() || !acker.usable() {
+                        if attempt >= PUBLISH_ATTEMPTS || !publisher.is_open() || !acks.is_open() {
                             // Hand it back so it is not stuck unacked on a live channel; the
                             // broker's delivery limit bounds how often this can repeat.
-                            let _ = requeue(acker).await;
+                            acks.requeue(tag);
                             return Err(SettleError::Publish {
                                 exchange: copy.exchange,
                                 source,
@@ -386,31 +387,11 @@ pub async fn settle(
                 }
             }
         }
-    }
-}
-
-/// How long an ack or nack may take. They are fire-and-forget frames, so this only ever runs
-/// out when the connection died under them — and then the broker requeues the delivery anyway.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn ack(acker: &Acker) -> Result<(), SettleError> {
-    let acked = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
-    match acked {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) | Err(_) => Err(SettleError::ChannelGone),
-        Ok(Err(e)) => Err(SettleError::Ack(e)),
-    }
-}
-
-async fn requeue(acker: &Acker) -> Result<(), SettleError> {
-    let nack = acker.nack(BasicNackOptions {
-        multiple: false,
-        requeue: true,
-    });
-    match tokio::time::timeout(ACK_TIMEOUT, nack).await {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) | Err(_) => Err(SettleError::ChannelGone),
-        Ok(Err(e)) => Err(SettleError::Ack(e)),
+    };
+    if settled {
+        Ok(())
+    } else {
+        Err(SettleError::ChannelGone)
     }
 }
 

@@ -14,7 +14,8 @@
 //! On `shutdown`: stop consuming, let the lanes hand their queued jobs back (nack, requeue), give
 //! in-flight batches `shutdown_grace` to finish and settle, then close the channel and connection
 //! (which hands back anything still unacked). Nothing is lost at any point of this: a job is
-//! acked only once its fate is durable.
+//! acked only once its fate is durable. The session's acks are flushed, coalesced where they
+//! can be (`amqp::acks`), before the channel closes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,9 +31,9 @@ use super::consumer::{self, ConsumeEnd};
 use super::dedup::DuplicateGuard;
 use super::lane::{LaneMsg, Lanes};
 use super::registry::Registry;
-use super::{Shared, audience};
+use super::{Origin, Shared, audience};
 use crate::admin::{self, AdminState, Health};
-use crate::amqp::{Session, Topology};
+use crate::amqp::{Acks, Session, Topology};
 use crate::config::{LoadOptions, Settings};
 use crate::graph::{GraphClient, StopReason};
 use crate::telemetry::{self, PageLabels};
@@ -188,14 +189,13 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
         metrics::gauge!(telemetry::READY).set(1.0);
         tracing::info!(generation, queues = consumers, "consuming");
 
-        let end = consumer::consume(
-            shared,
+        let (acks, flusher) = Acks::start(channel.clone(), amqp.ack_hold);
+        let origin = Arc::new(Origin {
             generation,
-            &session.publisher,
-            &mut deliveries,
-            shutdown,
-        )
-        .await;
+            publisher: session.publisher.clone(),
+            acks,
+        });
+        let end = consumer::consume(shared, &origin, &mut deliveries, shutdown).await;
         match end {
             ConsumeEnd::Stopping => {
                 for i in 0..consumers {
@@ -207,6 +207,7 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 shared.health.consuming.store(false, Ordering::Relaxed);
                 metrics::gauge!(telemetry::READY).set(0.0);
                 drain(shared).await;
+                flusher.finish().await;
                 // Quorum queues can drop acks that arrive just before their channel closes
                 // (rabbitmq-server#10327): the jobs would come back and be sent again.
                 tokio::time::sleep(ACK_SETTLE).await;
@@ -226,6 +227,7 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 );
             }
         }
+        drop(flusher);
         lost(shared, generation).await;
         session.close().await;
     }
