@@ -147,7 +147,9 @@ pub struct GraphSettings {
     pub batch_size: usize,
     /// How long a partly filled batch waits for more operations.
     pub linger: Duration,
-    /// Batches in flight across all Pages.
+    /// How long one Page's batch waits for other Pages' to share its request.
+    pub combine_linger: Duration,
+    /// Page batches in flight across all Pages (several may share one request).
     pub max_in_flight: usize,
     /// Batches in flight for one Page.
     pub max_in_flight_per_page: usize,
@@ -374,6 +376,7 @@ struct RawGraph {
     app_secret_file: Option<String>,
     batch_size: i64,
     linger: String,
+    combine_linger: String,
     max_in_flight: i64,
     max_in_flight_per_page: i64,
 }
@@ -389,6 +392,7 @@ impl Default for RawGraph {
             app_secret_file: None,
             batch_size: 50,
             linger: "10ms".into(),
+            combine_linger: "2ms".into(),
             max_in_flight: 64,
             max_in_flight_per_page: 4,
         }
@@ -898,6 +902,11 @@ fn validate_graph(
         app_secret_source,
         batch_size,
         linger: duration("graph.linger", &raw.linger)?,
+        combine_linger: at_most(
+            "graph.combine_linger",
+            &raw.combine_linger,
+            Duration::from_secs(1),
+        )?,
         max_in_flight,
         max_in_flight_per_page,
     })
@@ -1375,6 +1384,7 @@ impl Settings {
         }
         let _ = writeln!(out, "batch_size = {}", g.batch_size);
         let _ = writeln!(out, "linger = {}", d(g.linger));
+        let _ = writeln!(out, "combine_linger = {}", d(g.combine_linger));
         let _ = writeln!(out, "max_in_flight = {}", g.max_in_flight);
         let _ = writeln!(out, "max_in_flight_per_page = {}", g.max_in_flight_per_page);
         let l = &self.limits;
@@ -1582,6 +1592,10 @@ mod tests {
         assert_eq!(
             error_of("[amqp]\nack_hold = \"5s\"\n"),
             "amqp.ack_hold = \"5s\": must be at most 1s"
+        );
+        assert_eq!(
+            error_of("[graph]\ncombine_linger = \"2m\"\n"),
+            "graph.combine_linger = \"2m\": must be at most 1s"
         );
     }
 

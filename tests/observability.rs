@@ -320,9 +320,11 @@ async fn a_known_run_is_counted_exactly_and_the_scrape_serves_the_deploy_files()
         s.value(&format!("{}_count", telemetry::GRAPH_DURATION), &[]),
         requests
     );
-    assert_eq!(
-        s.value(&format!("{}_count", telemetry::LIMITER_WAIT), &[]),
-        requests
+    // Every Page batch records its limiter wait; Page batches may share a request.
+    let page_batches = s.value(&format!("{}_count", telemetry::LIMITER_WAIT), &[]);
+    assert!(
+        (requests..=28.0).contains(&page_batches),
+        "{page_batches} Page batches in {requests} requests"
     );
     assert_eq!(
         s.value(&format!("{}_count", telemetry::END_TO_END), &[]),

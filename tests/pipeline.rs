@@ -96,6 +96,53 @@ async fn every_job_is_delivered_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_pages_share_batch_requests_and_each_send_goes_out_as_its_own_page() {
+    let prefix = broker::unique_prefix("shared-requests");
+    let pages = page_ids(400);
+    let sim = sim_with(&pages, 100_000).await;
+    let daemon =
+        Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 100_000)).await;
+    let conn = broker::connect().await;
+    // Two jobs per Page: no Page ever has enough for a batch of its own.
+    let all: Vec<Value> = (0..800)
+        .map(|i| {
+            let page = &pages[i % pages.len()];
+            jobs::text_job(page, &format!("{}", 8_000_000 + i), &format!("job-{i}"))
+        })
+        .collect();
+    jobs::publish(&conn, &daemon.topology(), &all).await;
+    support::sim::wait_delivered(&sim, 800, Duration::from_secs(60)).await;
+
+    let deliveries = sim.client().all_deliveries().await.unwrap();
+    assert_eq!(deliveries.len(), 800);
+    let mut requests = HashSet::new();
+    let mut mixed = HashSet::new();
+    let mut page_of_request = std::collections::HashMap::new();
+    for d in &deliveries {
+        // The simulator attributes each operation to the Page whose token it carried.
+        let job = d.body["message"]["metadata"].as_str().unwrap();
+        let i: usize = job.trim_start_matches("job-").parse().unwrap();
+        assert_eq!(
+            d.page_id,
+            pages[i % pages.len()],
+            "{job} went out as another Page"
+        );
+        requests.insert(d.batch);
+        if *page_of_request.entry(d.batch).or_insert(&d.page_id) != &d.page_id {
+            mixed.insert(d.batch);
+        }
+    }
+    assert!(
+        requests.len() <= 800 / 5,
+        "{} requests for 800 sends of 400 Pages",
+        requests.len()
+    );
+    assert!(!mixed.is_empty(), "no request carried several Pages");
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_and_null_items_are_retried_until_delivered_once() {
     use pagerelay::sim::Faults;
     let prefix = broker::unique_prefix("transient");

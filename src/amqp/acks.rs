@@ -33,13 +33,16 @@ use crate::telemetry;
 /// Where one delivery tag stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
+    /// Not received yet, though a later tag was: the consumers of one channel hand their
+    /// deliveries over in their own order. It may be ours, so no run may step over it.
+    Missing,
     /// Received; its outcome is not durable yet.
     Unsettled,
     /// Its outcome is durable since this instant: to be acknowledged.
     Ack(Instant),
     /// To be handed back to the broker (nack with requeue).
     Requeue,
-    /// A frame covering it has been handed to the channel (or the tag was never ours).
+    /// A frame covering it has been handed to the channel.
     Sent,
 }
 
@@ -66,55 +69,48 @@ impl Frames {
 /// The delivery tags of one consumer channel from the oldest not yet acknowledged on.
 #[derive(Debug)]
 pub struct AckWindow {
-    /// The tag of `slots[0]`; 0 until the first delivery.
+    /// The tag of `slots[0]`. A channel numbers its deliveries from 1.
     base: u64,
     slots: VecDeque<Slot>,
     /// Settlements of tags outside the window, acknowledged one by one.
     strays: Vec<(u64, bool)>,
-    /// Tags arrived one after another, as the broker numbers them on a channel. Should one ever
-    /// be skipped, `multiple` could cover a delivery pagerelay never saw: the window then stops
-    /// using it, for the rest of the channel's life.
-    contiguous: bool,
     hold: Duration,
 }
 
 impl AckWindow {
     pub fn new(hold: Duration) -> Self {
         AckWindow {
-            base: 0,
+            base: 1,
             slots: VecDeque::new(),
             strays: Vec::new(),
-            contiguous: true,
             hold,
         }
     }
 
-    /// A delivery arrived with `tag`.
+    fn slot(&mut self, tag: u64) -> Option<&mut Slot> {
+        let index = usize::try_from(tag.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(index)
+    }
+
+    /// A delivery arrived with `tag`. Tags need not arrive in order: the channel's consumers
+    /// (one per shard queue) each hand over their own deliveries.
     pub fn received(&mut self, tag: u64) {
-        if self.base == 0 {
-            self.base = tag;
-        }
         let next = self.base + self.slots.len() as u64;
-        if tag < next {
-            // Never seen from a broker; settle such a tag on its own, never in a run.
-            self.contiguous = false;
-            return;
+        if tag >= next {
+            let gap = usize::try_from(tag - next).unwrap_or(usize::MAX);
+            self.slots.extend(std::iter::repeat_n(Slot::Missing, gap));
+            self.slots.push_back(Slot::Unsettled);
+        } else if let Some(slot @ Slot::Missing) = self.slot(tag) {
+            *slot = Slot::Unsettled;
         }
-        if tag > next {
-            self.contiguous = false;
-            self.slots
-                .extend(std::iter::repeat_n(Slot::Sent, (tag - next) as usize));
-        }
-        self.slots.push_back(Slot::Unsettled);
+        // Anything else was received already, or is below the window: [`settled`] acknowledges
+        // it on its own.
     }
 
     /// The outcome of `tag` is durable: acknowledge it (`ack`) or hand it back (`!ack`).
     pub fn settled(&mut self, tag: u64, ack: bool, now: Instant) {
-        let slot = tag
-            .checked_sub(self.base)
-            .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?));
-        match slot {
-            Some(slot @ Slot::Unsettled) => {
+        match self.slot(tag) {
+            Some(slot @ (Slot::Unsettled | Slot::Missing)) => {
                 *slot = if ack { Slot::Ack(now) } else { Slot::Requeue };
             }
             // Settled twice: the first settlement stands.
@@ -125,7 +121,10 @@ impl AckWindow {
 
     /// Deliveries received and not yet covered by a frame.
     pub fn outstanding(&self) -> usize {
-        self.slots.iter().filter(|s| **s != Slot::Sent).count()
+        self.slots
+            .iter()
+            .filter(|s| !matches!(s, Slot::Sent | Slot::Missing))
+            .count()
     }
 
     /// The frames to send now. `force` sends every settled delivery whatever its age (shutdown).
@@ -148,16 +147,14 @@ impl AckWindow {
         // The run of settled tags at the front, and the last one in it still to acknowledge.
         let mut run_end = None;
         let mut run_acks = 0;
-        if self.contiguous {
-            for (i, slot) in self.slots.iter().enumerate() {
-                match slot {
-                    Slot::Ack(_) => {
-                        run_end = Some(i);
-                        run_acks += 1;
-                    }
-                    Slot::Sent => {}
-                    Slot::Unsettled | Slot::Requeue => break,
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot {
+                Slot::Ack(_) => {
+                    run_end = Some(i);
+                    run_acks += 1;
                 }
+                Slot::Sent => {}
+                Slot::Missing | Slot::Unsettled | Slot::Requeue => break,
             }
         }
         if let Some(end) = run_end {
@@ -173,11 +170,7 @@ impl AckWindow {
         }
 
         // Behind an unsettled delivery: alone, once they have waited long enough.
-        let hold = if self.contiguous && !force {
-            self.hold
-        } else {
-            Duration::ZERO
-        };
+        let hold = if force { Duration::ZERO } else { self.hold };
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Slot::Ack(since) = *slot
                 && now.saturating_duration_since(since) >= hold
@@ -420,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn requeues_go_first_and_stop_a_run() {
+    fn requeues_go_first_so_a_run_may_step_over_them() {
         let t0 = Instant::now();
         let mut w = window(1..=4);
         w.settled(1, true, t0);
@@ -448,18 +441,41 @@ mod tests {
     }
 
     #[test]
-    fn a_skipped_tag_turns_coalescing_off() {
+    fn tags_may_arrive_out_of_order_and_a_run_never_steps_over_a_missing_one() {
         let t0 = Instant::now();
-        let mut w = window(1..=2);
-        w.received(4);
+        // Two shard consumers on one channel: tag 3 is still in the other consumer's buffer.
+        let mut w = AckWindow::new(HOLD);
         for tag in [1, 2, 4] {
+            w.received(tag);
             w.settled(tag, true, t0);
         }
         let frames = w.flush(t0, false);
-        // Never `multiple`: it would cover tag 3, which pagerelay never saw.
-        assert_eq!(frames.ack_through, None);
-        assert_eq!(frames.acks, vec![1, 2, 4]);
+        assert_eq!(
+            frames.ack_through,
+            Some(2),
+            "not through 4: that would ack 3 unseen"
+        );
+        assert!(frames.acks.is_empty(), "4 may wait for 3");
+        w.received(3);
+        w.settled(3, true, ms(t0, 1));
+        let frames = w.flush(ms(t0, 1), false);
+        assert_eq!(frames.ack_through, Some(4));
+        assert_eq!(frames.through_count, 2);
         assert_eq!(w.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_tag_that_never_arrives_only_delays_the_ones_after_it() {
+        let t0 = Instant::now();
+        let mut w = AckWindow::new(HOLD);
+        w.received(2);
+        w.settled(2, true, t0);
+        assert!(w.flush(ms(t0, 19), false).is_empty());
+        let frames = w.flush(ms(t0, 20), false);
+        assert_eq!(frames.acks, vec![2]);
+        assert_eq!(frames.ack_through, None);
+        // Tag 1 never came; it is never acknowledged, and nothing else is either.
+        assert!(w.flush(ms(t0, 1000), true).is_empty());
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub struct Operation<'a> {
     body: &'a Map<String, Value>,
     name: Option<&'a str>,
     depends_on: Option<&'a str>,
+    auth: Option<&'a PageAuth>,
 }
 
 impl<'a> Operation<'a> {
@@ -126,7 +127,17 @@ impl<'a> Operation<'a> {
             body,
             name: None,
             depends_on: None,
+            auth: None,
         }
+    }
+
+    /// Sends the operation with its own Page's credentials, in its `relative_url`, instead of the
+    /// batch's: how one batch carries the sends of several Pages. Graph still wants a token at
+    /// the top level, which then only authenticates the call itself.
+    #[must_use]
+    pub fn with_auth(mut self, auth: &'a PageAuth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// Names the operation so that a later one can depend on it.
@@ -177,6 +188,8 @@ pub enum EncodeError {
 #[derive(Clone)]
 pub struct BatchRequest {
     auth: PageAuth,
+    /// The credentials operations carry of their own, other than `auth`.
+    item_auths: Vec<PageAuth>,
     /// The whole form body (see [`BatchRequest::encode`]).
     form: Bytes,
     operations: usize,
@@ -229,7 +242,18 @@ impl BatchRequest {
             if index > 0 {
                 form.push(once::COMMA);
             }
-            form.push(once::OPERATION_START);
+            match op.auth {
+                Some(own) => {
+                    form.push(once::OPERATION_START_OWN_AUTH);
+                    encode_query_value(&mut form, own.token().expose_secret());
+                    if let Some(proof) = own.appsecret_proof() {
+                        form.push(once::PROOF_PARAM);
+                        encode_query_value(&mut form, proof.expose_secret());
+                    }
+                    form.push(once::OWN_AUTH_END);
+                }
+                None => form.push(once::OPERATION_START),
+            }
             encode_body(&mut form, op.body, &mut scratch);
             form.push(once::BODY_END);
             if let Some(name) = op.name {
@@ -247,8 +271,17 @@ impl BatchRequest {
         }
         form.push(once::BATCH_END);
 
+        let mut item_auths: Vec<PageAuth> = Vec::new();
+        for own in operations.iter().filter_map(|op| op.auth) {
+            if !Arc::ptr_eq(&own.0, &auth.0)
+                && !item_auths.iter().any(|a| Arc::ptr_eq(&a.0, &own.0))
+            {
+                item_auths.push(own.clone());
+            }
+        }
         Ok(BatchRequest {
             auth: auth.clone(),
+            item_auths,
             form: Bytes::from(form.into_vec()),
             operations: operations.len(),
         })
@@ -263,6 +296,11 @@ impl BatchRequest {
     /// The credentials the batch is sent with.
     pub fn auth(&self) -> &PageAuth {
         &self.auth
+    }
+
+    /// Every credential the request carries: the batch's, then the operations' own.
+    pub fn auths(&self) -> impl Iterator<Item = &PageAuth> {
+        std::iter::once(&self.auth).chain(&self.item_auths)
     }
 
     /// The `application/x-www-form-urlencoded` body of the batch call. Cheap: every call shares
@@ -369,6 +407,14 @@ fn encode_json_twice(out: &mut FormWriter, value: &Value, scratch: &mut Vec<u8>)
             }
             out.push(twice::OBJECT_END);
         }
+    }
+}
+
+/// A query parameter value inside `relative_url`: query-encoded, then (being part of the JSON
+/// array, which JSON leaves alone once query-encoded) form-encoded once more.
+fn encode_query_value(out: &mut FormWriter, value: &str) {
+    for chunk in form_urlencoded::byte_serialize(value.as_bytes()) {
+        ONCE.encode(out, chunk.as_bytes());
     }
 }
 
@@ -510,8 +556,12 @@ mod once {
         BATCH_START = b"[";
         BATCH_END = b"]";
         COMMA = b",";
-        /// Every operation is a Send API call made with the batch's Page token.
+        /// A Send API call made with the batch's Page token.
         OPERATION_START = br#"{"method":"POST","relative_url":"me/messages","body":""#;
+        /// A Send API call made with its own Page's token, which follows, query-encoded.
+        OPERATION_START_OWN_AUTH = br#"{"method":"POST","relative_url":"me/messages?access_token="#;
+        PROOF_PARAM = b"&appsecret_proof=";
+        OWN_AUTH_END = br#"","body":""#;
         BODY_END = b"\"";
         NAME = br#","name":"#;
         DEPENDS_ON = br#","depends_on":"#;
@@ -794,6 +844,42 @@ mod tests {
         assert_eq!(field(&pairs, "include_headers"), Some("false"));
         let batch: Value = serde_json::from_str(field(&pairs, "batch").unwrap()).unwrap();
         assert_eq!(batch.as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn operations_with_their_own_credentials_carry_them_in_the_relative_url() {
+        let secret = SecretString::from(APP_SECRET);
+        // A token with characters that need query encoding, to see both layers applied.
+        let other = PageAuth::new(SecretString::from("EAAB+other/tok=en&x"), Some(&secret));
+        let owner = auth(true);
+        let job = body(json!({"recipient": {"id": "1"}, "message": {"text": "hi & bye"}}));
+        let ops = [
+            Operation::send(&job),
+            Operation::send(&job).with_auth(&other),
+            Operation::send(&job).with_auth(&other),
+        ];
+        let request = BatchRequest::encode(&owner, &ops).unwrap();
+        let pairs = form_pairs(request.form_body().as_bytes());
+        assert_eq!(field(&pairs, "access_token"), Some(TOKEN));
+
+        let decoded = decoded_operations(&request.form_body());
+        assert_eq!(decoded[0]["relative_url"], "me/messages");
+        for op in &decoded[1..] {
+            let url = op["relative_url"].as_str().unwrap();
+            let (path, query) = url.split_once('?').expect("a query");
+            assert_eq!(path, "me/messages");
+            let query = form_pairs(query.as_bytes());
+            assert_eq!(field(&query, "access_token"), Some("EAAB+other/tok=en&x"));
+            assert_eq!(
+                field(&query, "appsecret_proof"),
+                other.appsecret_proof().map(|p| p.expose_secret())
+            );
+            assert_eq!(decoded_body(op, &job), job);
+        }
+        // Both Pages' credentials are known to the request (the reply decoder scrubs them all),
+        // each once.
+        let tokens: Vec<&str> = request.auths().map(|a| a.token().expose_secret()).collect();
+        assert_eq!(tokens, [TOKEN, "EAAB+other/tok=en&x"]);
     }
 
     #[test]

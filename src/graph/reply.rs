@@ -474,26 +474,30 @@ fn lenient_bool(value: &Value) -> Option<bool> {
 
 /// Replaces the batch's secrets in text taken from a reply.
 struct Scrubber<'a> {
-    secrets: [Option<&'a str>; 2],
+    /// Every token and proof of the request (a batch of several Pages carries several).
+    secrets: Vec<&'a str>,
 }
 
 impl<'a> Scrubber<'a> {
     fn for_request(request: &'a BatchRequest) -> Self {
-        let auth = request.auth();
-        // An empty secret would match everywhere; it cannot leak anything either.
-        let non_empty = |s: &'a str| (!s.is_empty()).then_some(s);
-        Scrubber {
-            secrets: [
-                non_empty(auth.token().expose_secret()),
-                auth.appsecret_proof()
-                    .and_then(|p| non_empty(p.expose_secret())),
-            ],
-        }
+        let secrets = request
+            .auths()
+            .flat_map(|auth| {
+                [
+                    Some(auth.token().expose_secret()),
+                    auth.appsecret_proof().map(|p| p.expose_secret()),
+                ]
+            })
+            .flatten()
+            // An empty secret would match everywhere; it cannot leak anything either.
+            .filter(|s| !s.is_empty())
+            .collect();
+        Scrubber { secrets }
     }
 
     fn apply(&self, text: &str) -> String {
         let mut text = Cow::Borrowed(text);
-        for secret in self.secrets.into_iter().flatten() {
+        for secret in self.secrets.iter().copied() {
             if text.contains(secret) {
                 text = Cow::Owned(text.replace(secret, REDACTED));
             }
@@ -503,7 +507,7 @@ impl<'a> Scrubber<'a> {
 
     /// [`apply`](Self::apply) to a string owned already, allocating only when a secret is in it.
     fn apply_in_place(&self, text: &mut String) {
-        if self.secrets.into_iter().flatten().any(|s| text.contains(s)) {
+        if self.secrets.iter().any(|s| text.contains(s)) {
             *text = self.apply(text);
         }
     }
@@ -1023,6 +1027,35 @@ mod tests {
         };
         assert_eq!(receipt.recipient_id.as_deref(), Some("1[redacted]2"));
         assert_eq!(reply.usage().business_use_cases[0].business_id, REDACTED);
+    }
+
+    #[test]
+    fn every_pages_secrets_in_a_shared_request_are_redacted() {
+        const OTHER: &str = "EAAGotherPAGEtoken456";
+        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let secret = SecretString::from("app-secret");
+        let owner = PageAuth::new(SecretString::from(TOKEN), Some(&secret));
+        let other = PageAuth::new(SecretString::from(OTHER), Some(&secret));
+        let ops = [
+            Operation::send(&body),
+            Operation::send(&body).with_auth(&other),
+        ];
+        let request = BatchRequest::encode(&owner, &ops).unwrap();
+        let proof = other.appsecret_proof().unwrap().expose_secret().to_owned();
+        let error =
+            json!({"error": {"code": 190, "message": format!("token {OTHER} proof {proof}")}});
+        let reply = BatchReply::decode(
+            &request,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            json!([item(200, json!({"message_id": TOKEN})), item(400, error)])
+                .to_string()
+                .as_bytes(),
+        );
+        let rendered = format!("{reply:?}");
+        for secret in [TOKEN, OTHER, proof.as_str()] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! One batch request, start to finish: encode the lane's jobs, POST them, classify each result,
-//! tell the Page's health what happened, settle every job, and report back to the lane.
+//! One batch request, start to finish: encode the parts the combiner packed (each one Page's jobs),
+//! POST them, classify each result, tell each Page's health what happened, settle every job, and
+//! report back to each lane.
 //!
-//! Each batch is its own task holding a global in-flight permit until every job in it is
-//! settled, so the permit count is an exact measure of unsettled work.
+//! Each part holds a global in-flight permit from its lane until every job in it is settled, so
+//! the permit count is an exact measure of unsettled work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,65 +25,116 @@ use crate::graph::{
 };
 use crate::telemetry;
 
-/// Sends `batch` for `page` and settles it.
-// Envelopes stay boxed from the consumer to their settlement: they are large, and a batch is
-// assembled by moving them out of a lane queue that holds hundreds.
-#[allow(clippy::vec_box)]
-pub async fn send(
-    shared: Arc<Shared>,
-    page: Arc<PageState>,
-    batch: Vec<Box<Envelope>>,
-    permit: OwnedSemaphorePermit,
-    lane: UnboundedSender<LaneMsg>,
-) {
-    let span = tracing::info_span!(
-        "batch",
-        page = %page.id,
-        size = batch.len(),
-        outcome = tracing::field::Empty,
-        duration_ms = tracing::field::Empty,
-    );
-    send_inner(shared, page, batch, lane).instrument(span).await;
-    drop(permit);
+/// One Page's share of a batch request: the jobs its lane released, the global in-flight permit
+/// they hold until settled, and the lane to report back to.
+pub struct Part {
+    pub page: Arc<PageState>,
+    // Envelopes stay boxed from the consumer to their settlement: they are large, and a batch is
+    // assembled by moving them out of a lane queue that holds hundreds.
+    #[allow(clippy::vec_box)]
+    pub batch: Vec<Box<Envelope>>,
+    pub permit: OwnedSemaphorePermit,
+    pub lane: UnboundedSender<LaneMsg>,
 }
 
-#[allow(clippy::vec_box)]
-async fn send_inner(
-    shared: Arc<Shared>,
-    page: Arc<PageState>,
-    batch: Vec<Box<Envelope>>,
-    lane: UnboundedSender<LaneMsg>,
-) {
-    let size = batch.len();
-    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).increment(1.0);
-    metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).increment(size as f64);
-    let recipients: Vec<String> = batch.iter().map(|e| e.job.recipient.clone()).collect();
-    let config = page.config();
+/// Sends `parts` as one batch request and settles every part.
+///
+/// A request of one part goes with its Page's token. A request of several carries each
+/// operation's own token in its `relative_url`, the first Page's token at the top level.
+pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
+    let size: usize = parts.iter().map(|p| p.batch.len()).sum();
     let started = Instant::now();
-
-    let request = {
-        let operations: Vec<Operation<'_>> = batch
+    let sent = {
+        let configs: Vec<_> = parts.iter().map(|p| p.page.config()).collect();
+        let mixed = parts.len() > 1;
+        let operations: Vec<Operation<'_>> = parts
             .iter()
-            .map(|e| Operation::send(e.job.send_body()))
+            .zip(&configs)
+            .enumerate()
+            .flat_map(|(i, (part, config))| {
+                part.batch.iter().map(move |e| {
+                    let op = Operation::send(e.job.send_body());
+                    if mixed && i > 0 {
+                        op.with_auth(&config.auth)
+                    } else {
+                        op
+                    }
+                })
+            })
             .collect();
-        BatchRequest::encode(&config.auth, &operations)
-    };
-    let results = match request {
-        Ok(request) => {
-            let sent = shared.graph.send(&request).await;
-            decide(&sent, size)
-        }
-        // The lane never builds an empty or oversized batch; if it ever did, nothing was sent
-        // and every job may simply be retried.
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode the batch");
-            decide(&Sent::Failed(BatchFailure::Transport), size)
+        match BatchRequest::encode(&configs[0].auth, &operations) {
+            Ok(request) => shared.graph.send(&request).await,
+            // The combiner never builds an empty or oversized batch; if it ever did, nothing
+            // was sent and every job may simply be retried.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the batch");
+                Sent::Failed(BatchFailure::Transport)
+            }
         }
     };
     let elapsed = started.elapsed();
+    let decided = decide(&sent, size);
     metrics::histogram!(telemetry::GRAPH_DURATION).record(elapsed.as_secs_f64());
     metrics::histogram!(telemetry::BATCH_SIZE).record(size as f64);
-    metrics::counter!(telemetry::GRAPH_REQUESTS, "result" => results.result).increment(1);
+    metrics::counter!(telemetry::GRAPH_REQUESTS, "result" => decided.result).increment(1);
+
+    let Decided {
+        items,
+        result,
+        regain,
+    } = decided;
+    let mut items = items.into_iter();
+    let settles = parts.into_iter().enumerate().map(|(i, part)| {
+        let mut mine: Vec<Item> = items.by_ref().take(part.batch.len()).collect();
+        if i > 0 && result != "ok" {
+            // Refused as a whole for the top-level token's Page (revoked, throttled): that says
+            // nothing about this Page, whose jobs are retried like any failed request's.
+            for item in &mut mine {
+                if matches!(item.decision, Decision::StopPage(_) | Decision::Throttle) {
+                    let failure = BatchFailure::Transport;
+                    *item = Item::from_failure(classify(ItemOutcome::Batch(&failure)), &failure);
+                    item.failure =
+                        Some("the batch request was refused for another Page's credentials".into());
+                }
+            }
+        }
+        let span = tracing::info_span!(
+            "batch",
+            page = %part.page.id,
+            size = part.batch.len(),
+            request_size = size,
+            outcome = tracing::field::Empty,
+            duration_ms = elapsed.as_millis() as u64,
+        );
+        let decided = Decided {
+            items: mine,
+            result,
+            regain,
+        };
+        settle_part(shared.clone(), part, decided).instrument(span)
+    });
+    futures_util::future::join_all(settles).await;
+}
+
+/// Tells the Page's health what its share of a request brought, settles its jobs, and reports
+/// back to its lane.
+async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
+    let Part {
+        page,
+        batch,
+        permit,
+        lane,
+    } = part;
+    let size = batch.len();
+    let recipients: Vec<String> = batch.iter().map(|e| e.job.recipient.clone()).collect();
+
+    // The one batch line at warn, in each Page's span: a request that failed as a whole (as many
+    // lines as before requests were shared: one per Page batch). Item-level errors are counted,
+    // not logged: the dead letters and retries carry them.
+    if results.result != "ok" {
+        let failure = results.items.iter().find_map(|i| i.failure.as_deref());
+        tracing::warn!(result = results.result, failure, "batch request failed");
+    }
 
     // The Page's health first, so that parked jobs get the cooldown just decided.
     let retry = &shared.settings.retry;
@@ -130,19 +182,6 @@ async fn send_inner(
         } if batch_failed => Some(until.saturating_duration_since(Instant::now())),
         _ => None,
     };
-
-    // The one batch line at warn: a request that failed as a whole (logged before settling, so
-    // the first item's failure can be borrowed). Item-level errors are counted, not logged: the
-    // dead letters and retries carry them.
-    if results.result != "ok" {
-        let failure = results.items.iter().find_map(|i| i.failure.as_deref());
-        tracing::warn!(
-            result = results.result,
-            failure,
-            duration_ms = elapsed.as_millis() as u64,
-            "batch request failed"
-        );
-    }
 
     let mut counts = Counts::default();
     let settles = batch
@@ -197,13 +236,12 @@ async fn send_inner(
         });
     futures_util::future::join_all(settles).await;
 
-    let span = tracing::Span::current();
-    span.record("outcome", counts.summary().as_str());
-    span.record("duration_ms", elapsed.as_millis() as u64);
+    tracing::Span::current().record("outcome", counts.summary().as_str());
     tracing::debug!("batch settled");
     metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).decrement(size as f64);
     metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).decrement(1.0);
     let _ = lane.send(LaneMsg::Done { recipients });
+    drop(permit);
 }
 
 /// One operation's decision and what the dead letter or retry should say about it.

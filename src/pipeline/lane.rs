@@ -382,13 +382,12 @@ impl Lane {
                 self.page.with_control(|c| c.probe_sent());
             }
             self.batches_in_flight += 1;
-            tokio::spawn(dispatch::send(
-                self.shared.clone(),
-                self.page.clone(),
+            self.shared.combiner.submit(dispatch::Part {
+                page: self.page.clone(),
                 batch,
                 permit,
-                self.tx.clone(),
-            ));
+                lane: self.tx.clone(),
+            });
             if probe {
                 break;
             }

@@ -9,18 +9,22 @@
 //!                                     │ admission (pause, circuit, cooldown, budget) → park
 //!                                     │ limiter (rps, media, budget)
 //!                                     ▼
+//!                                  combiner (several Pages' batches, one request of ≤ 50)
+//!                                     ▼
 //!                                  dispatch (Graph batch) → classify → settle
 //! ```
 //!
 //! Submodules are the stages; this module holds what they share ([`Shared`]) and the unit of
 //! work that flows through them ([`Envelope`]). The stages are:
 //! [`supervisor`] (connection lifecycle, signals), [`consumer`] (routing deliveries),
-//! [`lane`] (per-Page scheduling), [`dispatch`] (one batch request and its settlement),
+//! [`lane`] (per-Page scheduling), [`combiner`] (packing Pages' batches into requests),
+//! [`dispatch`] (one batch request and its settlement),
 //! [`outcome`] (settling one delivery), and the pure pieces [`batcher`], [`limiter`],
 //! [`registry`], [`dedup`].
 
 pub mod audience;
 pub mod batcher;
+pub mod combiner;
 pub mod consumer;
 pub mod dedup;
 pub mod dispatch;
@@ -48,6 +52,7 @@ use crate::graph::GraphClient;
 use crate::job::Job;
 use crate::telemetry::{self, PageLabels};
 use batcher::LaneItem;
+use combiner::Combiner;
 use dedup::DuplicateGuard;
 use lane::Lanes;
 use outcome::{Incoming, Outcome, PlanContext, Settled};
@@ -68,6 +73,8 @@ pub struct Shared {
     /// Batch requests in flight across all Pages.
     pub in_flight: Arc<Semaphore>,
     pub lanes: Lanes,
+    /// Packs the lanes' batches into Graph requests.
+    pub combiner: Combiner,
     /// Cancelled on shutdown: lanes stop starting batches.
     pub stopping: CancellationToken,
 }

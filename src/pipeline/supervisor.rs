@@ -27,6 +27,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::combiner::{self, Combiner};
 use super::consumer::{self, ConsumeEnd};
 use super::dedup::DuplicateGuard;
 use super::lane::{LaneMsg, Lanes};
@@ -78,7 +79,9 @@ pub async fn run(
             source,
         })?;
     let admin_addr = listener.local_addr().ok();
+    let (combiner, parts) = Combiner::new();
     let shared = Arc::new(Shared {
+        combiner,
         topology: Topology::new(&settings.amqp, &settings.retry.tiers),
         dedup: DuplicateGuard::new(
             settings.pipeline.dedup_capacity,
@@ -109,6 +112,7 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let admin_task = tokio::spawn(admin::serve(listener, admin_state, background.clone()));
+    tokio::spawn(combiner::run(shared.clone(), parts, background.clone()));
     tokio::spawn(upkeep(shared.clone(), metrics, background.clone()));
     tokio::spawn(audience::refresh_loop(shared.clone(), background.clone()));
     {
