@@ -149,7 +149,8 @@ pub struct GraphSettings {
     pub linger: Duration,
     /// How long one Page's batch waits for other Pages' to share its request.
     pub combine_linger: Duration,
-    /// Page batches in flight across all Pages (several may share one request).
+    /// Page batches in flight across all Pages (several may share one request, so this also
+    /// bounds HTTP requests in flight).
     pub max_in_flight: usize,
     /// Batches in flight for one Page.
     pub max_in_flight_per_page: usize,
@@ -393,7 +394,7 @@ impl Default for RawGraph {
             batch_size: 50,
             linger: "10ms".into(),
             combine_linger: "2ms".into(),
-            max_in_flight: 64,
+            max_in_flight: 512,
             max_in_flight_per_page: 4,
         }
     }

@@ -60,7 +60,8 @@ impl GraphClient {
             .timeout(settings.request_timeout)
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(settings.max_in_flight)
+            // Shared requests keep the connections in use far below max_in_flight.
+            .pool_max_idle_per_host(settings.max_in_flight.min(64))
             .tcp_nodelay(true)
             .user_agent(concat!("pagerelay/", env!("CARGO_PKG_VERSION")))
             .build()
