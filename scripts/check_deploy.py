@@ -37,6 +37,8 @@ import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# The debug binaries `cargo test` built, wherever CARGO_TARGET_DIR put them.
+DEBUG_BIN = ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "debug"
 DEPLOY = ROOT / "deploy"
 
 # Files compose.yaml mounts that may legitimately be absent: none any more (kept for the report).
@@ -246,7 +248,7 @@ def check_dockerfile(c, path):
     # library and libgcc, which every Debian image has.
     for binary in ["pagerelay", "graph-sim"]:
         ldd = subprocess.run(
-            ["ldd", str(ROOT / "target/debug" / binary)], capture_output=True, text=True
+            ["ldd", str(DEBUG_BIN / binary)], capture_output=True, text=True
         )
         libraries = re.findall(r"=> (/\S+)", ldd.stdout)
         packages = set()
@@ -419,7 +421,7 @@ def check_unit(c, path):
     with tempfile.TemporaryDirectory() as tmp:
         unit = Path(tmp) / path.name
         text = path.read_text()
-        binary = ROOT / "target/debug/pagerelay"
+        binary = DEBUG_BIN / "pagerelay"
         unit.write_text(re.sub(r"^ExecStart=/usr/local/bin/pagerelay ",
                                f"ExecStart={binary} ", text, flags=re.M))
         c.run(path, "systemd-analyze verify",

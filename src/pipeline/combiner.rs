@@ -113,15 +113,19 @@ pub async fn run(
     let send = |parts: Vec<Part>| {
         tokio::spawn(dispatch::send(shared.clone(), parts));
     };
+    let add = |packer: &mut Packer<Part>, part: Part| {
+        let ops = part.batch.len();
+        packer
+            .push(part, ops, Instant::now())
+            .into_iter()
+            .for_each(send);
+    };
     loop {
         let due = packer.due();
         tokio::select! {
             biased;
             part = rx.recv() => match part {
-                Some(part) => {
-                    let ops = part.batch.len();
-                    packer.push(part, ops, Instant::now()).into_iter().for_each(send);
-                }
+                Some(part) => add(&mut packer, part),
                 None => break,
             },
             _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
@@ -132,22 +136,14 @@ pub async fn run(
         }
         // Whatever else is queued joins now, so a burst becomes full requests at once.
         while let Ok(part) = rx.try_recv() {
-            let ops = part.batch.len();
-            packer
-                .push(part, ops, Instant::now())
-                .into_iter()
-                .for_each(send);
+            add(&mut packer, part);
         }
         if packer.due().is_some_and(|due| due <= Instant::now()) {
             packer.take().into_iter().for_each(send);
         }
     }
     while let Ok(part) = rx.try_recv() {
-        let ops = part.batch.len();
-        packer
-            .push(part, ops, Instant::now())
-            .into_iter()
-            .for_each(send);
+        add(&mut packer, part);
     }
     packer.take().into_iter().for_each(send);
 }
