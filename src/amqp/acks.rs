@@ -256,10 +256,13 @@ impl Acks {
     }
 
     fn settle(&self, tag: u64, ack: bool) -> bool {
+        // Checked under the window's lock, which the last flush holds while it closes: a
+        // settlement either makes the last flush or is told the channel is gone.
+        let mut window = self.window();
         if !self.is_open() {
             return false;
         }
-        self.window().settled(tag, ack, Instant::now());
+        window.settled(tag, ack, Instant::now());
         true
     }
 
@@ -293,7 +296,13 @@ async fn flush_loop(acks: Acks, channel: Channel, tick: Duration, stop: Cancella
             _ = stop.cancelled() => true,
             _ = interval.tick() => false,
         };
-        let frames = acks.window().flush(Instant::now(), force);
+        let frames = {
+            let mut window = acks.window();
+            if force {
+                acks.close();
+            }
+            window.flush(Instant::now(), force)
+        };
         if let Err(e) = send(&channel, &frames).await {
             tracing::debug!(error = %e, "acknowledgements failed; the broker redelivers the jobs");
             let lost = frames.requeues.len() + frames.through_count + frames.acks.len();
@@ -302,7 +311,6 @@ async fn flush_loop(acks: Acks, channel: Channel, tick: Duration, stop: Cancella
             return;
         }
         if force {
-            acks.close();
             return;
         }
     }
