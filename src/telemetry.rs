@@ -139,6 +139,7 @@ pub const AMQP_CONSUMERS: &str = "pagerelay_amqp_consumers";
 pub const READY: &str = "pagerelay_ready";
 /// A settlement that could not be carried out (the delivery was handed back), by `step`.
 pub const SETTLE_FAILURES: &str = "pagerelay_settle_failures_total";
+/// Acknowledgement frames sent on the jobs channel, by `kind` (multiple, single, requeue).
 pub const ACK_FRAMES: &str = "pagerelay_amqp_ack_frames_total";
 /// Configuration reloads, by `result` (ok, failed).
 pub const CONFIG_RELOADS: &str = "pagerelay_config_reloads_total";

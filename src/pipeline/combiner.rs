@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::dispatch::{self, Part};
-use crate::graph::MAX_OPERATIONS;
 use crate::telemetry;
 
 /// Parts waiting to share a request: up to `max_ops` operations, held at most `linger` after
@@ -109,7 +108,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let graph = &shared.settings.graph;
-    let mut packer = Packer::new(graph.batch_size.min(MAX_OPERATIONS), graph.combine_linger);
+    // Validated to at most the 50 operations Graph accepts.
+    let mut packer = Packer::new(graph.batch_size, graph.combine_linger);
     let send = |parts: Vec<Part>| {
         tokio::spawn(dispatch::send(shared.clone(), parts));
     };

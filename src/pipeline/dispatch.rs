@@ -46,7 +46,6 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
     let started = Instant::now();
     let sent = {
         let configs: Vec<_> = parts.iter().map(|p| p.page.config()).collect();
-        let mixed = parts.len() > 1;
         let operations: Vec<Operation<'_>> = parts
             .iter()
             .zip(&configs)
@@ -54,7 +53,7 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
             .flat_map(|(i, (part, config))| {
                 part.batch.iter().map(move |e| {
                     let op = Operation::send(e.job.send_body());
-                    if mixed && i > 0 {
+                    if i > 0 {
                         op.with_auth(&config.auth)
                     } else {
                         op
@@ -91,10 +90,14 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
             // nothing about this Page, whose jobs are retried like any failed request's.
             for item in &mut mine {
                 if matches!(item.decision, Decision::StopPage(_) | Decision::Throttle) {
-                    let failure = BatchFailure::Transport;
-                    *item = Item::from_failure(classify(ItemOutcome::Batch(&failure)), &failure);
-                    item.failure =
-                        Some("the batch request was refused for another Page's credentials".into());
+                    *item = Item {
+                        decision: classify(ItemOutcome::Batch(&BatchFailure::Transport)),
+                        error: None,
+                        failure: Some(
+                            "the batch request was refused for another Page's credentials".into(),
+                        ),
+                        answered: false,
+                    };
                 }
             }
         }

@@ -70,7 +70,7 @@ pub struct Shared {
     pub dedup: DuplicateGuard,
     pub labels: PageLabels,
     pub health: Arc<Health>,
-    /// Batch requests in flight across all Pages.
+    /// Page batches in flight across all Pages (several may share one request).
     pub in_flight: Arc<Semaphore>,
     pub lanes: Lanes,
     /// Packs the lanes' batches into Graph requests.
