@@ -33,6 +33,7 @@ use http::{HeaderMap, StatusCode};
 use secrecy::ExposeSecret;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::batch::BatchRequest;
@@ -134,7 +135,7 @@ struct RawItem {
     // Only present when `include_headers` is not `false`; read leniently (see `Usage`). Boxed,
     // like the error below, to keep entries small: moving them around was a fifth of the time
     // spent decoding a reply.
-    headers: Option<Box<Value>>,
+    headers: Option<Box<RawValue>>,
     body: Option<ItemBody>,
 }
 
@@ -268,8 +269,8 @@ fn decode_items(
                 index,
                 code: item.code,
             })?;
-            if let Some(Value::Array(headers)) = item.headers.as_deref() {
-                usage.add_item_headers(headers);
+            if let Some(headers) = &item.headers {
+                usage.add_item_headers(headers.get());
             }
             let body = item.body.unwrap_or_default();
             Ok(if status.is_success() {
@@ -628,9 +629,30 @@ impl Usage {
         self.business_use_cases.is_empty() && self.app.is_empty() && self.problems.is_empty()
     }
 
-    /// Reads the usage headers of a batch entry's `[{"name": …, "value": …}]` array.
-    fn add_item_headers(&mut self, headers: &[Value]) {
-        for header in headers {
+    /// Reads the usage headers of a batch entry's `[{"name": …, "value": …}]` array (its JSON
+    /// text); anything else is not a headers array and is ignored.
+    fn add_item_headers(&mut self, json: &str) {
+        #[derive(Deserialize)]
+        struct Header<'a> {
+            #[serde(borrow)]
+            name: Cow<'a, str>,
+            #[serde(borrow)]
+            value: Cow<'a, str>,
+        }
+        // Every entry of a reply has such an array: read the documented shape without building
+        // a JSON tree, and take the lenient path only for what does not fit it.
+        if let Ok(headers) = serde_json::from_str::<Vec<Header<'_>>>(json) {
+            for header in headers {
+                if let Some(kind) = UsageHeader::from_name(&header.name) {
+                    self.add(kind, header.value.as_bytes());
+                }
+            }
+            return;
+        }
+        let Ok(Value::Array(headers)) = serde_json::from_str::<Value>(json) else {
+            return;
+        };
+        for header in &headers {
             let name = header.get("name").and_then(Value::as_str);
             let value = header.get("value").and_then(Value::as_str);
             if let (Some(header), Some(value)) = (name.and_then(UsageHeader::from_name), value) {
@@ -640,6 +662,13 @@ impl Usage {
     }
 
     fn add(&mut self, header: UsageHeader, value: &[u8]) {
+        if !self.add_documented(header, value) {
+            self.add_lenient(header, value);
+        }
+    }
+
+    /// Reads whatever a usage header holds that can be read, and describes what cannot.
+    fn add_lenient(&mut self, header: UsageHeader, value: &[u8]) {
         let header_name = header.display_name();
         let Ok(json) = serde_json::from_slice::<Value>(value) else {
             self.problems.push(UsageHeaderError::NotJson {
@@ -696,6 +725,44 @@ impl Usage {
             }
         }
     }
+
+    /// Reads a usage header of the documented shape without building a JSON tree; false if it
+    /// has another shape (which the lenient read then describes), with nothing added.
+    fn add_documented(&mut self, header: UsageHeader, value: &[u8]) -> bool {
+        match header {
+            UsageHeader::App => {
+                let Ok(Documented(app)) = serde_json::from_slice::<Documented>(value) else {
+                    return false;
+                };
+                self.app.push(AppUsage {
+                    call_count: figure(app.call_count),
+                    total_cputime: figure(app.total_cputime),
+                    total_time: figure(app.total_time),
+                });
+            }
+            UsageHeader::BusinessUseCase => {
+                let Ok(DocumentedBusinessUseCases(ids)) = serde_json::from_slice(value) else {
+                    return false;
+                };
+                for (business_id, Entries(entries)) in ids {
+                    for Documented(entry) in entries {
+                        self.business_use_cases.push(BusinessUseCaseUsage {
+                            business_id: business_id.clone(),
+                            kind: entry.kind,
+                            call_count: figure(entry.call_count),
+                            total_cputime: figure(entry.total_cputime),
+                            total_time: figure(entry.total_time),
+                            estimated_time_to_regain_access: figure(
+                                entry.estimated_time_to_regain_access,
+                            )
+                            .map(minutes_to_duration),
+                        });
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// A non-negative finite number, sent as a JSON number or a numeric string.
@@ -705,7 +772,153 @@ fn lenient_f64(value: Option<&Value>) -> Option<f64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }?;
+    usable(number)
+}
+
+fn usable(number: f64) -> Option<f64> {
     (number.is_finite() && number >= 0.0).then_some(number)
+}
+
+/// A usage figure in one of the documented forms, a JSON number or a numeric string; anything
+/// else fails the typed read, which hands the header to the lenient one.
+struct Figure(Option<f64>);
+
+impl<'de> Deserialize<'de> for Figure {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FigureVisitor;
+
+        impl Visitor<'_> for FigureVisitor {
+            type Value = Figure;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a numeric string")
+            }
+
+            #[allow(clippy::cast_precision_loss)] // as serde_json's `Number::as_f64`
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Figure, E> {
+                Ok(Figure(usable(v as f64)))
+            }
+
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Figure, E> {
+                Ok(Figure(usable(v as f64)))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Figure, E> {
+                Ok(Figure(usable(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Figure, E> {
+                Ok(Figure(v.trim().parse().ok().and_then(usable)))
+            }
+        }
+
+        deserializer.deserialize_any(FigureVisitor)
+    }
+}
+
+fn figure(value: Option<Figure>) -> Option<f64> {
+    value.and_then(|f| f.0)
+}
+
+/// The figures of `X-App-Usage`, or of one `X-Business-Use-Case-Usage` entry, as documented.
+#[derive(Deserialize)]
+struct DocumentedFigures {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    call_count: Option<Figure>,
+    total_cputime: Option<Figure>,
+    total_time: Option<Figure>,
+    estimated_time_to_regain_access: Option<Figure>,
+}
+
+/// [`DocumentedFigures`] read from a JSON object only: a derived read would also take an array
+/// of field values, which the lenient read reports as the wrong shape.
+struct Documented(DocumentedFigures);
+
+impl<'de> Deserialize<'de> for Documented {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// The entries listed under one business id: an array of entries, or leniently one entry.
+struct Entries(Vec<Documented>);
+
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Documented;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Documented, A::Error> {
+        DocumentedFigures::deserialize(de::value::MapAccessDeserializer::new(map)).map(Documented)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+
+        impl<'de> Visitor<'de> for OneOrMany {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of usage objects, or one")
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Entries, A::Error> {
+                ObjectVisitor
+                    .visit_map(map)
+                    .map(|entry| Entries(vec![entry]))
+            }
+        }
+
+        deserializer.deserialize_any(OneOrMany)
+    }
+}
+
+/// `X-Business-Use-Case-Usage` as documented: business ids, each with its entries, in the
+/// header's order and without repeats.
+struct DocumentedBusinessUseCases(Vec<(String, Entries)>);
+
+impl<'de> Deserialize<'de> for DocumentedBusinessUseCases {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BusinessVisitor;
+
+        impl<'de> Visitor<'de> for BusinessVisitor {
+            type Value = DocumentedBusinessUseCases;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of business ids")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut ids: Vec<(String, Entries)> = Vec::new();
+                while let Some(id) = map.next_key::<String>()? {
+                    // A repeated id replaces the first in a JSON object: the lenient read knows how.
+                    if ids.iter().any(|(seen, _)| *seen == id) {
+                        return Err(de::Error::custom("repeated business id"));
+                    }
+                    ids.push((id, map.next_value()?));
+                }
+                Ok(DocumentedBusinessUseCases(ids))
+            }
+        }
+
+        deserializer.deserialize_map(BusinessVisitor)
+    }
 }
 
 fn percent(value: Option<&Value>) -> Option<f64> {
@@ -713,11 +926,12 @@ fn percent(value: Option<&Value>) -> Option<f64> {
 }
 
 fn minutes(value: Option<&Value>) -> Option<Duration> {
-    let seconds = lenient_f64(value)? * 60.0;
+    lenient_f64(value).map(minutes_to_duration)
+}
+
+fn minutes_to_duration(minutes: f64) -> Duration {
     // `min` also turns an overflow to infinity into the cap, so the conversion cannot panic.
-    Some(Duration::from_secs_f64(
-        seconds.min(MAX_REGAIN_ACCESS.as_secs_f64()),
-    ))
+    Duration::from_secs_f64((minutes * 60.0).min(MAX_REGAIN_ACCESS.as_secs_f64()))
 }
 
 #[cfg(test)]
@@ -1312,5 +1526,48 @@ mod tests {
             prop_assert!(usage.regain_access().is_none_or(|wait| wait <= MAX_REGAIN_ACCESS));
             prop_assert!(usage.max_usage_percent().is_none_or(|p| p.is_finite() && p >= 0.0));
         }
+    }
+
+    #[test]
+    fn documented_and_lenient_reads_of_usage_headers_agree() {
+        let values = [
+            r#"{"call_count":28,"total_cputime":"25","total_time":" 25.5 "}"#,
+            r#"{"call_count":-1,"total_time":"n/a","total_cputime":null,"extra":[1]}"#,
+            r#"{"call_count":true}"#,
+            r#"[1,2,3]"#,
+            r#""x""#,
+            r#"{"1":[{"type":"messenger","call_count":100,"estimated_time_to_regain_access":3}]}"#,
+            r#"{"1":{"type":"pages","estimated_time_to_regain_access":"1e9"}}"#,
+            r#"{"1":[],"2":[{"type":"messenger"},{"type":"pages","total_time":5}]}"#,
+            r#"{"1":[{"type":7}]}"#,
+            r#"{"1":[[1,2,3,4,5]]}"#,
+            r#"{"1":[{"call_count":1}],"1":[{"call_count":2}]}"#,
+            r#"{"1":[{"call_count":1,"call_count":2}]}"#,
+            r#"{"id\"q":[{"type":"messenger"}]}"#,
+            r#"{"1":"messenger"}"#,
+            "not json",
+        ];
+        for header in [UsageHeader::App, UsageHeader::BusinessUseCase] {
+            for value in values {
+                let mut lenient = Usage::default();
+                lenient.add_lenient(header, value.as_bytes());
+                let mut documented = Usage::default();
+                if documented.add_documented(header, value.as_bytes()) {
+                    assert_eq!(documented, lenient, "{} {value}", header.display_name());
+                } else {
+                    assert_eq!(
+                        documented,
+                        Usage::default(),
+                        "nothing added on a miss: {value}"
+                    );
+                }
+            }
+        }
+        // The documented forms take the typed read.
+        let mut usage = Usage::default();
+        assert!(usage.add_documented(UsageHeader::App, values[0].as_bytes()));
+        assert!(usage.add_documented(UsageHeader::BusinessUseCase, values[5].as_bytes()));
+        assert!(usage.add_documented(UsageHeader::BusinessUseCase, values[6].as_bytes()));
+        assert_eq!(usage.regain_access(), Some(MAX_REGAIN_ACCESS));
     }
 }

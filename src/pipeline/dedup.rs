@@ -9,7 +9,7 @@
 //! It does not decide what a job id is (see `job`) or when to consult it (see the router).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,9 +24,9 @@ pub struct DuplicateGuard {
 // Job ids come from publishers: foldhash is seeded per process, so ids cannot be chosen to collide.
 #[derive(Default)]
 struct Inner {
-    ids: foldhash::HashSet<Box<str>>,
+    ids: foldhash::HashSet<Arc<str>>,
     /// Insertion order, oldest first; insertion time order is expiry order.
-    order: VecDeque<(Instant, Box<str>)>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl DuplicateGuard {
@@ -40,23 +40,30 @@ impl DuplicateGuard {
 
     /// Records that `job_id` was delivered.
     pub fn record(&self, job_id: &str) {
+        self.record_all([job_id]);
+    }
+
+    /// Records that each of `job_ids` was delivered (one batch's: one lock for all).
+    pub fn record_all<'a>(&self, job_ids: impl IntoIterator<Item = &'a str>) {
         if self.capacity == 0 || self.ttl.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("not poisoned");
         inner.evict(now, self.ttl);
-        if inner.ids.contains(job_id) {
-            return;
+        for job_id in job_ids {
+            if inner.ids.contains(job_id) {
+                continue;
+            }
+            if inner.order.len() >= self.capacity
+                && let Some((_, oldest)) = inner.order.pop_front()
+            {
+                inner.ids.remove(&oldest);
+            }
+            let id: Arc<str> = job_id.into();
+            inner.ids.insert(id.clone());
+            inner.order.push_back((now, id));
         }
-        if inner.order.len() >= self.capacity
-            && let Some((_, oldest)) = inner.order.pop_front()
-        {
-            inner.ids.remove(&oldest);
-        }
-        let id: Box<str> = job_id.into();
-        inner.ids.insert(id.clone());
-        inner.order.push_back((now, id));
     }
 
     /// True if `job_id` was delivered by this process within the guard's memory.

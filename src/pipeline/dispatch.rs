@@ -187,56 +187,61 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
     };
 
     let mut counts = Counts::default();
-    let settles = batch
-        .into_iter()
-        .zip(results.items)
-        .map(|(envelope, item)| {
-            counts.note(item.decision);
-            if let Some(error) = &item.error
-                && let Some(code) = error.code
-            {
-                let subcode = error.subcode.map_or_else(String::new, |s| s.to_string());
-                metrics::counter!(
-                    telemetry::GRAPH_ERRORS,
-                    "code" => code.to_string(),
-                    "subcode" => subcode,
-                    "decision" => item.decision.label(),
-                )
-                .increment(1);
-            }
-            let outcome = match item.decision {
-                Decision::Delivered => {
-                    shared.dedup.record(&envelope.job.job_id);
-                    Outcome::Delivered
-                }
-                Decision::Throttle => Outcome::Park {
-                    reason: ParkReason::Cooldown,
-                    delay: cooldown,
+    let mut delivered = Vec::with_capacity(size);
+    let mut others = Vec::new();
+    for (envelope, item) in batch.into_iter().zip(results.items) {
+        if item.decision == Decision::Delivered {
+            delivered.push(envelope);
+        } else {
+            others.push((envelope, item));
+        }
+    }
+    counts.delivered = delivered.len();
+    shared.settle_delivered(&page, delivered);
+    let settles = others.into_iter().map(|(envelope, item)| {
+        counts.note(item.decision);
+        if let Some(error) = &item.error
+            && let Some(code) = error.code
+        {
+            let subcode = error.subcode.map_or_else(String::new, |s| s.to_string());
+            metrics::counter!(
+                telemetry::GRAPH_ERRORS,
+                "code" => code.to_string(),
+                "subcode" => subcode,
+                "decision" => item.decision.label(),
+            )
+            .increment(1);
+        }
+        let outcome = match item.decision {
+            Decision::Delivered => Outcome::Delivered,
+            Decision::Throttle => Outcome::Park {
+                reason: ParkReason::Cooldown,
+                delay: cooldown,
+            },
+            Decision::Retry(_) if circuit_wait.is_some() => Outcome::Park {
+                reason: ParkReason::CircuitOpen,
+                delay: circuit_wait.unwrap_or_default().max(retry.tiers[0]),
+            },
+            Decision::Retry(kind) => Outcome::Retry {
+                error: item.context(),
+                unknown: kind == RetryKind::Unknown,
+            },
+            Decision::DeadLetter(reason) => Outcome::DeadLetter {
+                reason: match reason {
+                    DeadReason::Permanent => DeadLetterReason::Permanent,
+                    DeadReason::Ambiguous => DeadLetterReason::Ambiguous,
                 },
-                Decision::Retry(_) if circuit_wait.is_some() => Outcome::Park {
-                    reason: ParkReason::CircuitOpen,
-                    delay: circuit_wait.unwrap_or_default().max(retry.tiers[0]),
-                },
-                Decision::Retry(kind) => Outcome::Retry {
-                    error: item.context(),
-                    unknown: kind == RetryKind::Unknown,
-                },
-                Decision::DeadLetter(reason) => Outcome::DeadLetter {
-                    reason: match reason {
-                        DeadReason::Permanent => DeadLetterReason::Permanent,
-                        DeadReason::Ambiguous => DeadLetterReason::Ambiguous,
-                    },
-                    error: item.context(),
-                    attempted: true,
-                },
-                Decision::StopPage(reason) => Outcome::Park {
-                    reason: ParkReason::Paused(reason),
-                    delay: retry.paused_delay,
-                },
-            };
-            let shared = &shared;
-            async move { shared.settle_envelope(envelope, outcome).await }
-        });
+                error: item.context(),
+                attempted: true,
+            },
+            Decision::StopPage(reason) => Outcome::Park {
+                reason: ParkReason::Paused(reason),
+                delay: retry.paused_delay,
+            },
+        };
+        let shared = &shared;
+        async move { shared.settle_envelope(envelope, outcome).await }
+    });
     futures_util::future::join_all(settles).await;
 
     tracing::Span::current().record("outcome", counts.summary().as_str());

@@ -145,9 +145,18 @@ impl Lane {
     async fn run(mut self) {
         let idle_ttl = self.shared.settings.pipeline.idle_lane_ttl;
         let stopping = self.shared.stopping.clone();
+        // Armed once and moved only when an earlier wake is wanted: a lane wakes for nearly
+        // every job, and a new timer or cancellation waiter per pass is a timer-wheel update
+        // and a waiter-list update per job. A wake that is no longer wanted is one spare pass.
+        let timer = sleep_until(Instant::now() + TICK);
+        let cancelled = stopping.clone().cancelled_owned();
+        tokio::pin!(timer, cancelled);
         loop {
             let now = Instant::now();
             let wake = self.wake_at.unwrap_or(now + TICK).min(now + TICK).max(now);
+            if wake < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 msg = self.rx.recv() => match msg {
@@ -158,8 +167,8 @@ impl Lane {
                     self.waiting_permit = None;
                     self.permit = permit.ok();
                 }
-                _ = stopping.cancelled(), if !self.queue.is_empty() => {}
-                _ = sleep_until(wake) => {}
+                () = &mut cancelled, if !self.queue.is_empty() => {}
+                () = &mut timer => {}
             }
             // Take whatever else arrived before deciding, so a burst becomes one batch.
             for _ in 0..4096 {

@@ -56,7 +56,7 @@ use combiner::Combiner;
 use dedup::DuplicateGuard;
 use lane::Lanes;
 use outcome::{Incoming, Outcome, PlanContext, Settled};
-use registry::Registry;
+use registry::{PageState, Registry};
 
 pub use supervisor::{RunError, run};
 
@@ -134,16 +134,39 @@ impl Shared {
         };
         let (settlement, settled) = outcome::plan(&outcome, incoming, ctx);
         if let Err(e) = outcome::settle(settlement, delivery, origin).await {
-            let step = match e {
-                outcome::SettleError::Publish { .. } => "publish",
-                outcome::SettleError::ChannelGone => "channel_gone",
-            };
-            metrics::counter!(telemetry::SETTLE_FAILURES, "step" => step).increment(1);
-            tracing::debug!(error = %e, outcome = settled.label(), "settlement handed back to the broker");
+            settle_failed(&e, settled);
             return Settled::Requeued;
         }
         self.record(settled, job, state, delivery);
         settled
+    }
+
+    /// Settles the jobs of one Page that Graph accepted, in one pass: the common outcome, so
+    /// it takes no future per job and updates each metric once per batch rather than per job.
+    /// Same effect as [`Shared::settle`] with [`Outcome::Delivered`] for each.
+    #[allow(clippy::vec_box)] // see dispatch::Part
+    pub fn settle_delivered(&self, page: &PageState, envelopes: Vec<Box<Envelope>>) {
+        if envelopes.is_empty() {
+            return;
+        }
+        self.dedup
+            .record_all(envelopes.iter().map(|e| e.job.job_id.as_str()));
+        let latency = metrics::histogram!(telemetry::END_TO_END);
+        let now_ms = Utc::now().timestamp_millis();
+        let mut acked = 0;
+        for envelope in envelopes {
+            if !envelope.origin.acks.ack(envelope.delivery.delivery_tag) {
+                settle_failed(&outcome::SettleError::ChannelGone, Settled::Delivered);
+                continue;
+            }
+            acked += 1;
+            if let Some(ago) = published_ago(&envelope.state, &envelope.delivery, now_ms) {
+                latency.record(ago.as_secs_f64());
+            }
+        }
+        let label = self.labels.label(&page.id);
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => Settled::Delivered.label(), "page" => label.to_string())
+            .increment(acked);
     }
 
     fn record(&self, settled: Settled, job: Option<&Job>, state: &JobState, delivery: &Delivery) {
@@ -163,7 +186,8 @@ impl Shared {
             }
             Settled::Duplicate => metrics::counter!(telemetry::DUPLICATES).increment(1),
             Settled::Delivered => {
-                if let Some(latency) = published_ago(state, delivery) {
+                if let Some(latency) = published_ago(state, delivery, Utc::now().timestamp_millis())
+                {
                     metrics::histogram!(telemetry::END_TO_END).record(latency.as_secs_f64());
                 }
             }
@@ -196,10 +220,20 @@ impl Shared {
     }
 }
 
+/// Counts and logs a settlement that could not be carried out (the delivery is the broker's
+/// again).
+fn settle_failed(e: &outcome::SettleError, settled: Settled) {
+    let step = match e {
+        outcome::SettleError::Publish { .. } => "publish",
+        outcome::SettleError::ChannelGone => "channel_gone",
+    };
+    metrics::counter!(telemetry::SETTLE_FAILURES, "step" => step).increment(1);
+    tracing::debug!(error = %e, outcome = settled.label(), "settlement handed back to the broker");
+}
+
 /// How long ago the job was published: from `pagerelay publish`'s millisecond header, else the
 /// AMQP timestamp (seconds).
-fn published_ago(state: &JobState, delivery: &Delivery) -> Option<Duration> {
-    let now_ms = Utc::now().timestamp_millis();
+fn published_ago(state: &JobState, delivery: &Delivery, now_ms: i64) -> Option<Duration> {
     let published_ms = state.published_at_ms.or_else(|| {
         delivery
             .properties

@@ -124,7 +124,18 @@ pub async fn run(
         });
     }
 
-    sessions(&shared, &shutdown).await;
+    // On a worker rather than the caller's thread (in the binary, `main`'s): the consumer wakes
+    // a lane for nearly every delivery, and a wake from inside the pool is a push on the
+    // worker's own queue where one from outside is a cross-thread unpark.
+    let consuming = tokio::spawn({
+        let shared = shared.clone();
+        async move { sessions(&shared, &shutdown).await }
+    });
+    if let Err(e) = consuming.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
 
     background.cancel();
     let _ = admin_task.await;
