@@ -489,9 +489,10 @@ async fn drain_parking(
         last.await.expect("acks");
     }
     let _ = conn.close(200, "drained".into()).await;
-    healthy as f64 / last_healthy
-        .saturating_duration_since(started.expect("at least one"))
-        .as_secs_f64()
+    healthy as f64
+        / last_healthy
+            .saturating_duration_since(started.expect("at least one"))
+            .as_secs_f64()
 }
 
 // ===== pieces =====

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::dispatch::{self, Part};
-use crate::telemetry;
 
 /// Parts waiting to share a request: up to `max_ops` operations, held at most `linger` after
 /// the first arrived.
@@ -90,10 +89,8 @@ impl Combiner {
         (Combiner { tx }, rx)
     }
 
-    /// Queues one Page's batch for sending. It counts as in flight from here.
+    /// Queues one Page's batch for sending.
     pub fn submit(&self, part: Part) {
-        metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).increment(1.0);
-        metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).increment(part.batch.len() as f64);
         // The receiver lives as long as the process's pipeline; should it be gone, dropping the
         // part drops its deliveries unacknowledged, and the broker redelivers them.
         let _ = self.tx.send(part);

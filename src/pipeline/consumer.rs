@@ -17,7 +17,6 @@ use super::{Envelope, Origin, Shared};
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::session::Deliveries;
 use crate::job::{DeliveryMeta, Job};
-use crate::telemetry;
 
 /// Why consuming stopped.
 #[derive(Debug)]
@@ -52,7 +51,7 @@ pub async fn consume(
 
 /// Decides where one delivery goes.
 fn accept(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery) {
-    metrics::counter!(telemetry::JOBS_CONSUMED).increment(1);
+    shared.meters.jobs_consumed.increment(1);
     origin.acks.received(delivery.delivery_tag);
     let state = JobState::from_headers(delivery.properties.headers().as_ref());
     let meta = DeliveryMeta {

@@ -43,6 +43,10 @@ pub struct Part {
 /// operation's own token in its `relative_url`, the first Page's token at the top level.
 pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
     let size: usize = parts.iter().map(|p| p.batch.len()).sum();
+    let page_batches = parts.len();
+    // Once per request rather than per part: a gauge is looked up by name on every update.
+    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).increment(page_batches as f64);
+    metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).increment(size as f64);
     let started = Instant::now();
     let sent = {
         let configs: Vec<_> = parts.iter().map(|p| p.page.config()).collect();
@@ -73,8 +77,8 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
     };
     let elapsed = started.elapsed();
     let decided = decide(&sent, size);
-    metrics::histogram!(telemetry::GRAPH_DURATION).record(elapsed.as_secs_f64());
-    metrics::histogram!(telemetry::BATCH_SIZE).record(size as f64);
+    shared.meters.graph_duration.record(elapsed.as_secs_f64());
+    shared.meters.batch_size.record(size as f64);
     metrics::counter!(telemetry::GRAPH_REQUESTS, "result" => decided.result).increment(1);
 
     let Decided {
@@ -117,6 +121,8 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
         settle_part(shared.clone(), part, decided).instrument(span)
     });
     futures_util::future::join_all(settles).await;
+    metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).decrement(size as f64);
+    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).decrement(page_batches as f64);
 }
 
 /// Tells the Page's health what its share of a request brought, settles its jobs, and reports
@@ -246,8 +252,6 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
 
     tracing::Span::current().record("outcome", counts.summary().as_str());
     tracing::debug!("batch settled");
-    metrics::gauge!(telemetry::IN_FLIGHT_OPERATIONS).decrement(size as f64);
-    metrics::gauge!(telemetry::IN_FLIGHT_BATCHES).decrement(1.0);
     let _ = lane.send(LaneMsg::Done { recipients });
     drop(permit);
 }

@@ -350,7 +350,7 @@ impl Lane {
                 .limited_since
                 .take()
                 .map_or(0.0, |s| s.elapsed().as_secs_f64());
-            metrics::histogram!(telemetry::LIMITER_WAIT).record(waited);
+            self.shared.meters.limiter_wait.record(waited);
             let media = self.queue.media_in(granted);
             let media_allowed = match limiter.acquire_media(media as u32) {
                 Ok(()) => media,

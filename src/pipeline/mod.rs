@@ -77,6 +77,31 @@ pub struct Shared {
     pub combiner: Combiner,
     /// Cancelled on shutdown: lanes stop starting batches.
     pub stopping: CancellationToken,
+    pub meters: Meters,
+}
+
+/// The per-job and per-request metrics without labels, registered once: updating a metric by
+/// name looks it up (a hash and a lock) every time. Counters and histograms only: the exporter
+/// drops a gauge that stays idle, and a handle held here would outlive it.
+pub struct Meters {
+    pub jobs_consumed: metrics::Counter,
+    pub limiter_wait: metrics::Histogram,
+    pub end_to_end: metrics::Histogram,
+    pub graph_duration: metrics::Histogram,
+    pub batch_size: metrics::Histogram,
+}
+
+impl Meters {
+    /// Registers them with the installed recorder (none installed: they go nowhere).
+    pub fn register() -> Self {
+        Meters {
+            jobs_consumed: metrics::counter!(telemetry::JOBS_CONSUMED),
+            limiter_wait: metrics::histogram!(telemetry::LIMITER_WAIT),
+            end_to_end: metrics::histogram!(telemetry::END_TO_END),
+            graph_duration: metrics::histogram!(telemetry::GRAPH_DURATION),
+            batch_size: metrics::histogram!(telemetry::BATCH_SIZE),
+        }
+    }
 }
 
 /// The session a delivery came from. A delivery is settled through its own session only: its
@@ -151,7 +176,7 @@ impl Shared {
         }
         self.dedup
             .record_all(envelopes.iter().map(|e| e.job.job_id.as_str()));
-        let latency = metrics::histogram!(telemetry::END_TO_END);
+        let latency = &self.meters.end_to_end;
         let now_ms = Utc::now().timestamp_millis();
         let mut acked = 0;
         for envelope in envelopes {
@@ -188,7 +213,7 @@ impl Shared {
             Settled::Delivered => {
                 if let Some(latency) = published_ago(state, delivery, Utc::now().timestamp_millis())
                 {
-                    metrics::histogram!(telemetry::END_TO_END).record(latency.as_secs_f64());
+                    self.meters.end_to_end.record(latency.as_secs_f64());
                 }
             }
             Settled::Retried | Settled::Requeued => {}

@@ -32,7 +32,7 @@ use super::consumer::{self, ConsumeEnd};
 use super::dedup::DuplicateGuard;
 use super::lane::{LaneMsg, Lanes};
 use super::registry::Registry;
-use super::{Origin, Shared, audience};
+use super::{Meters, Origin, Shared, audience};
 use crate::admin::{self, AdminState, Health};
 use crate::amqp::{Acks, Session, Topology};
 use crate::config::{LoadOptions, Settings};
@@ -91,6 +91,7 @@ pub async fn run(
         in_flight: Arc::new(Semaphore::new(settings.graph.max_in_flight)),
         lanes: Lanes::default(),
         stopping: CancellationToken::new(),
+        meters: Meters::register(),
         registry: registry.clone(),
         health: health.clone(),
         graph,
