@@ -422,21 +422,7 @@ async fn drain_parking(
     let publisher = Publisher::open(&conn, Duration::from_secs(60))
         .await
         .expect("publisher");
-    let channel = conn.create_channel().await.expect("channel");
-    channel
-        .basic_qos(1000, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let queue = topology.job_queues().remove(0);
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = bare_consumer(&conn, topology, 1000).await;
     let (mut seen, mut healthy_seen) = (0, 0);
     let mut started = None;
     let mut last_healthy = Instant::now();
@@ -620,6 +606,29 @@ async fn fill(topology: &Topology, jobs: &[(String, String, String)]) {
     let _ = conn.close(200, "filled".into()).await;
 }
 
+/// A plain lapin consumer on the first jobs queue of `topology`, with `prefetch`.
+async fn bare_consumer(
+    conn: &lapin::Connection,
+    topology: &Topology,
+    prefetch: u16,
+) -> lapin::Consumer {
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let queue = topology.job_queues().remove(0);
+    channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}
+
 /// Drains `expected` deliveries with a bare lapin consumer and `prefetch`; returns the rate and
 /// the CPU seconds this process spent on it (nothing else runs in it meanwhile). With
 /// `ack_every = 1` it acks each delivery (the ceiling); with more, one `multiple` ack per that
@@ -633,21 +642,7 @@ async fn drain_bare(
     let conn = lapin::Connection::connect(AMQP_URL, Default::default())
         .await
         .expect("broker");
-    let channel = conn.create_channel().await.expect("channel");
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let queue = topology.job_queues().remove(0);
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = bare_consumer(&conn, topology, prefetch).await;
     let mut seen = 0;
     let mut started = None;
     let cpu_before = cpu_seconds("self");

@@ -475,7 +475,9 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
     })
     .await;
 
-    // The replay, as an operator runs it.
+    // The replay, as an operator runs it: paced under the Page's 250/s ceiling. Faster, the
+    // Page's lane would park the backlog (`lane_full`), and with this test's 3 s max_parked the
+    // full run's 2,100 letters would go back to the dead-letter queue as `park_limit`.
     let replay = Cli::for_daemon(&daemon)
         .run(&[
             "replay",
@@ -483,6 +485,8 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
             &revoked,
             "--reason",
             "token_invalid",
+            "--rate",
+            "200",
             "--json",
         ])
         .await

@@ -262,6 +262,86 @@ async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing(
     broker::delete_topology(&prefix).await;
 }
 
+/// Quiet Pages share batch requests, and a request is refused as a whole when the Page whose
+/// token it carries at the top level is revoked. That is the revoked Page's trouble only: the
+/// others' jobs are retried and delivered, and their circuits stay closed even when a single
+/// failed batch would open them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_costs_the_pages_sharing_its_request_nothing() {
+    let prefix = broker::unique_prefix("bystanders");
+    let pages = page_ids(30);
+    let sim = sim_with(&pages, 1_000_000, 0).await;
+    let client = sim.client();
+    let revoked = pages[0].clone();
+    client
+        .update_page(
+            &revoked,
+            &PageUpdate {
+                revoked: Some(true),
+                ..PageUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let daemon = Daemon::start(
+        DaemonConfig::new(&prefix, &sim.base_url())
+            .pages(&pages, 1_000_000)
+            // The revoked Page's batch waits long enough for the others' to join it, at the
+            // top level; one failed batch would open a Page's circuit (for 4 s); the paused
+            // Page probes every second (the fixture's `paused_delay`).
+            .section("graph", "combine_linger = \"300ms\"")
+            .section("retry", "circuit_failures = 1\ncooldown_min = \"4s\""),
+    )
+    .await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let revoked_jobs = jobs::text_jobs(std::slice::from_ref(&revoked), 3, "revoked");
+    jobs::publish(&conn, &topology, &revoked_jobs).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Then the others, a wave a second for a few seconds, while the revoked Page probes.
+    let others = &pages[1..];
+    for wave in 0..4 {
+        let tag = format!("wave{wave}");
+        jobs::publish(
+            &conn,
+            &topology,
+            &jobs::text_jobs(others, others.len(), &tag),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let expected = 4 * others.len() as u64;
+    wait_delivered_or_explain(&sim, expected, Duration::from_secs(30), &daemon).await;
+
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("refused for another Page's credentials"),
+        "the revoked Page's request carried other Pages' jobs"
+    );
+    let view = daemon.page(&revoked).await.unwrap();
+    assert_eq!(view["paused"], "token_invalid");
+    for page in others {
+        let view = daemon.page(page).await.unwrap();
+        assert_eq!(view["circuit_open"], false, "{page}: {view}");
+    }
+    assert_eq!(
+        daemon
+            .metric("pagerelay_parked_total", &["reason=\"circuit_open\""])
+            .await,
+        0.0,
+        "no Page was parked behind a circuit"
+    );
+    let counts = arrivals(&sim).await;
+    assert_eq!(counts.len() as u64, expected);
+    assert!(counts.values().all(|n| *n == 1), "each delivered once");
+    assert!(
+        counts.keys().all(|job| !job.starts_with("revoked")),
+        "the revoked Page sent nothing"
+    );
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auto_audience_follows_the_insights() {
     let prefix = broker::unique_prefix("audience");

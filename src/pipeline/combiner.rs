@@ -6,7 +6,9 @@
 //! costs far more than the operation. Graph lets each operation of a batch carry its own Page's
 //! token, so the combiner lets parts released within `graph.combine_linger` of each other share
 //! one request. Each part keeps everything that is its Page's: its permit, its limiter charge
-//! (already taken by the lane), its health signals and its settlement (see `dispatch`).
+//! (already taken by the lane), its health signals and its settlement (see `dispatch`). A probe
+//! (a Page whose circuit is open, or that is paused) shares with no one: its Page is the one
+//! most likely to have its request refused as a whole.
 //!
 //! [`Packer`] is the pure packing decision; [`Combiner`] is the task around it. It does not choose
 //! what a Page may send (the lane and its limiter do) or classify replies (`dispatch`).
@@ -44,8 +46,12 @@ impl<T> Packer<T> {
     }
 
     /// Adds `item` of `ops` operations. Returns the packs ready to go: the waiting one when
-    /// `item` does not fit beside it, and the new one once it is full.
-    pub fn push(&mut self, item: T, ops: usize, now: Instant) -> Vec<Vec<T>> {
+    /// `item` does not fit beside it, and the new one once it is full. An item `alone` goes at
+    /// once in a pack of its own, and the waiting pack keeps waiting.
+    pub fn push(&mut self, item: T, ops: usize, alone: bool, now: Instant) -> Vec<Vec<T>> {
+        if alone {
+            return vec![vec![item]];
+        }
         let mut ready = Vec::new();
         if self.ops + ops > self.max_ops
             && let Some(pack) = self.take()
@@ -111,9 +117,9 @@ pub async fn run(
         tokio::spawn(dispatch::send(shared.clone(), parts));
     };
     let add = |packer: &mut Packer<Part>, part: Part| {
-        let ops = part.batch.len();
+        let (ops, alone) = (part.batch.len(), part.alone);
         packer
-            .push(part, ops, Instant::now())
+            .push(part, ops, alone, Instant::now())
             .into_iter()
             .for_each(send);
     };
@@ -155,10 +161,10 @@ mod tests {
     fn parts_share_a_pack_until_it_is_full() {
         let t0 = Instant::now();
         let mut p = Packer::new(50, LINGER);
-        assert!(p.push("a", 20, t0).is_empty());
-        assert!(p.push("b", 20, t0).is_empty());
+        assert!(p.push("a", 20, false, t0).is_empty());
+        assert!(p.push("b", 20, false, t0).is_empty());
         assert_eq!(p.due(), Some(t0 + LINGER));
-        assert_eq!(p.push("c", 10, t0), vec![vec!["a", "b", "c"]]);
+        assert_eq!(p.push("c", 10, false, t0), vec![vec!["a", "b", "c"]]);
         assert_eq!(p.due(), None);
         assert_eq!(p.take(), None);
     }
@@ -167,9 +173,9 @@ mod tests {
     fn a_part_that_does_not_fit_sends_the_waiting_pack_first() {
         let t0 = Instant::now();
         let mut p = Packer::new(50, LINGER);
-        assert!(p.push("a", 30, t0).is_empty());
+        assert!(p.push("a", 30, false, t0).is_empty());
         let later = t0 + Duration::from_millis(1);
-        assert_eq!(p.push("b", 30, later), vec![vec!["a"]]);
+        assert_eq!(p.push("b", 30, false, later), vec![vec!["a"]]);
         // The linger restarts with the part that now waits.
         assert_eq!(p.due(), Some(later + LINGER));
         assert_eq!(p.take(), Some(vec!["b"]));
@@ -179,8 +185,8 @@ mod tests {
     fn a_full_part_goes_alone_and_at_once() {
         let t0 = Instant::now();
         let mut p = Packer::new(50, LINGER);
-        assert!(p.push("a", 1, t0).is_empty());
-        assert_eq!(p.push("b", 50, t0), vec![vec!["a"], vec!["b"]]);
+        assert!(p.push("a", 1, false, t0).is_empty());
+        assert_eq!(p.push("b", 50, false, t0), vec![vec!["a"], vec!["b"]]);
         assert_eq!(p.due(), None);
     }
 
@@ -188,7 +194,17 @@ mod tests {
     fn without_a_linger_the_pack_is_due_at_once() {
         let t0 = Instant::now();
         let mut p = Packer::new(50, Duration::ZERO);
-        assert!(p.push("a", 1, t0).is_empty());
+        assert!(p.push("a", 1, false, t0).is_empty());
         assert_eq!(p.due(), Some(t0));
+    }
+
+    #[test]
+    fn a_part_alone_goes_at_once_and_the_waiting_pack_keeps_waiting() {
+        let t0 = Instant::now();
+        let mut p = Packer::new(50, LINGER);
+        assert!(p.push("a", 10, false, t0).is_empty());
+        assert_eq!(p.push("probe", 1, true, t0), vec![vec!["probe"]]);
+        assert_eq!(p.due(), Some(t0 + LINGER));
+        assert_eq!(p.take(), Some(vec!["a"]));
     }
 }

@@ -35,6 +35,9 @@ pub struct Part {
     pub batch: Vec<Box<Envelope>>,
     pub permit: OwnedSemaphorePermit,
     pub lane: UnboundedSender<LaneMsg>,
+    /// A probe of a Page whose circuit is open or that is paused: it goes in a request of its
+    /// own, so that whatever is wrong with the Page (its token, say) touches no other Page.
+    pub alone: bool,
 }
 
 /// Sends `parts` as one batch request and settles every part.
@@ -85,15 +88,18 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
         items,
         result,
         regain,
+        ..
     } = decided;
     let mut items = items.into_iter();
     let settles = parts.into_iter().enumerate().map(|(i, part)| {
         let mut mine: Vec<Item> = items.by_ref().take(part.batch.len()).collect();
+        let mut bystander = false;
         if i > 0 && result != "ok" {
             // Refused as a whole for the top-level token's Page (revoked, throttled): that says
             // nothing about this Page, whose jobs are retried like any failed request's.
             for item in &mut mine {
                 if matches!(item.decision, Decision::StopPage(_) | Decision::Throttle) {
+                    bystander = true;
                     *item = Item {
                         decision: classify(ItemOutcome::Batch(&BatchFailure::Transport)),
                         error: None,
@@ -117,6 +123,7 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
             items: mine,
             result,
             regain,
+            bystander,
         };
         settle_part(shared.clone(), part, decided).instrument(span)
     });
@@ -133,6 +140,7 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
         batch,
         permit,
         lane,
+        ..
     } = part;
     let size = batch.len();
     let recipients: Vec<String> = batch.iter().map(|e| e.job.recipient.clone()).collect();
@@ -148,7 +156,10 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
     // The Page's health first, so that parked jobs get the cooldown just decided.
     let retry = &shared.settings.retry;
     let answered = results.items.iter().any(|i| i.answered);
+    // A bystander's request failed for another Page's credentials: counting that against this
+    // Page's circuit would let one revoked token park every Page it shared requests with.
     let batch_failed = results.result != "ok"
+        && !results.bystander
         && results
             .items
             .iter()
@@ -303,6 +314,8 @@ struct Decided {
     /// The `result` label of the request metric.
     result: &'static str,
     regain: Option<Duration>,
+    /// This part shared a request that was refused as a whole for another Page's credentials.
+    bystander: bool,
 }
 
 fn decide(sent: &Sent, size: usize) -> Decided {
@@ -316,6 +329,7 @@ fn decide(sent: &Sent, size: usize) -> Decided {
                 _ => "transport",
             },
             regain: None,
+            bystander: false,
         },
         Sent::Reply(reply) => {
             let result = match reply.result() {
@@ -357,6 +371,7 @@ fn decide(sent: &Sent, size: usize) -> Decided {
                 items,
                 result,
                 regain: reply.usage().regain_access(),
+                bystander: false,
             }
         }
     }

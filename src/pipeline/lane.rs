@@ -396,6 +396,7 @@ impl Lane {
                 batch,
                 permit,
                 lane: self.tx.clone(),
+                alone: probe,
             });
             if probe {
                 break;
