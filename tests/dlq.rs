@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use pagerelay::amqp::headers as h;
 use pagerelay::amqp::headers::DeadLetterReason;
 use pagerelay::config::{LoadOptions, Settings};
-use pagerelay::sim::{PageUpdate, Simulator, reserved};
+use pagerelay::sim::{Simulator, reserved};
 use serde_json::{Value, json};
 
 use support::cli::{self, Cli};
@@ -320,16 +320,7 @@ async fn a_replay_refuses_a_paused_page_then_moves_exactly_its_token_invalid_let
     wait_depth(&conn, &dead, 4).await;
 
     // Page A's token is revoked: its jobs are parked, then dead-lettered as token_invalid.
-    client
-        .update_page(
-            a,
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke(a).await.unwrap();
     let a_jobs: Vec<Value> = (0..20)
         .map(|i| jobs::text_job(a, &format!("{}", 6_000_000 + i), &format!("a-{i:02}")))
         .collect();

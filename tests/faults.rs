@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use lapin::Connection;
 use pagerelay::amqp::Topology;
-use pagerelay::sim::{Faults, OutageMode, PageUpdate, SimConfig, Simulator};
+use pagerelay::sim::{Faults, OutageMode, SimConfig, Simulator};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -437,16 +437,7 @@ async fn a_revoked_token_rotated_by_sighup_and_replayed_delivers_everything_once
         })
     };
     wait_delivered(&mut ledger, &sim, n * 3 / 10, Duration::from_secs(120)).await;
-    client
-        .update_page(
-            &revoked,
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke(&revoked).await.unwrap();
     wait_for("the Page to pause", Duration::from_secs(30), || async {
         let page = daemon.page(&revoked).await?;
         (page["paused"] == "token_invalid").then_some(())

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pagerelay::amqp::headers::DeadLetterReason;
 use pagerelay::pipeline::outcome::ParkReason;
-use pagerelay::sim::{OutageMode, PageConfig, PageUpdate, SimConfig, Simulator, reserved};
+use pagerelay::sim::{OutageMode, PageConfig, SimConfig, Simulator, reserved};
 use pagerelay::telemetry::{self, Kind};
 use serde_json::{Value, json};
 
@@ -673,16 +673,7 @@ async fn secrets_never_appear_in_logs_metrics_or_dead_letters() {
     }
     let sim = Simulator::start(sim_config).await.unwrap();
     let client = sim.client();
-    client
-        .update_page(
-            revoked,
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke(revoked).await.unwrap();
 
     let mut config = DaemonConfig::new(&prefix, &sim.base_url())
         .page(good, 100_000)

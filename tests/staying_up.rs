@@ -193,16 +193,7 @@ async fn a_rotated_token_resumes_a_paused_page_and_a_bad_reload_changes_nothing(
     let sim = sim_with(&pages, 1_000_000, 0).await;
     let client = sim.client();
     let revoked = pages[0].clone();
-    client
-        .update_page(
-            &revoked,
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke(&revoked).await.unwrap();
     let mut daemon =
         Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 1_000_000)).await;
     let conn = broker::connect().await;
@@ -273,16 +264,7 @@ async fn a_revoked_token_costs_the_pages_sharing_its_request_nothing() {
     let sim = sim_with(&pages, 1_000_000, 0).await;
     let client = sim.client();
     let revoked = pages[0].clone();
-    client
-        .update_page(
-            &revoked,
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke(&revoked).await.unwrap();
     let daemon = Daemon::start(
         DaemonConfig::new(&prefix, &sim.base_url())
             .pages(&pages, 1_000_000)
@@ -387,16 +369,7 @@ async fn an_auto_audience_follows_the_insights() {
     assert_eq!(second["budget"], 380_000);
 
     // A failed read keeps the last known audience.
-    sim.client()
-        .update_page(
-            &pages[0],
-            &PageUpdate {
-                revoked: Some(true),
-                ..PageUpdate::default()
-            },
-        )
-        .await
-        .unwrap();
+    sim.client().revoke(&pages[0]).await.unwrap();
     wait_for("a failed refresh", Duration::from_secs(10), || async {
         (daemon
             .metric("pagerelay_audience_refreshes_total", &["result=\"failed\""])

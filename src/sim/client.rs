@@ -100,6 +100,16 @@ impl SimClient {
             .await
     }
 
+    /// Revokes every token of Page `id` (code 190 until [`SimClient::update_page`] sets
+    /// `revoked` back to false, or a rotation gives it a new token).
+    pub async fn revoke(&self, id: &str) -> Result<PageView, ClientError> {
+        let update = PageUpdate {
+            revoked: Some(true),
+            ..PageUpdate::default()
+        };
+        self.update_page(id, &update).await
+    }
+
     /// Starts an outage: every Graph request fails in `mode` until `duration` passes (or forever
     /// with `None`) or [`SimClient::end_outage`] is called.
     pub async fn start_outage(
