@@ -474,14 +474,20 @@ fn lenient_bool(value: &Value) -> Option<bool> {
 }
 
 /// Replaces the batch's secrets in text taken from a reply.
+///
+/// Every receipt field of every entry is checked against every secret of the request (one token
+/// per Page of a shared request), so the search is set up once per secret and request, not once
+/// per text, and a text shorter than the shortest secret (a PSID or a message id next to a Page
+/// token, in practice) is not searched at all.
 struct Scrubber<'a> {
     /// Every token and proof of the request (a batch of several Pages carries several).
-    secrets: Vec<&'a str>,
+    secrets: Vec<(&'a str, memchr::memmem::Finder<'a>)>,
+    shortest: usize,
 }
 
 impl<'a> Scrubber<'a> {
     fn for_request(request: &'a BatchRequest) -> Self {
-        let secrets = request
+        let mut secrets: Vec<&'a str> = request
             .auths()
             .flat_map(|auth| {
                 [
@@ -493,13 +499,23 @@ impl<'a> Scrubber<'a> {
             // An empty secret would match everywhere; it cannot leak anything either.
             .filter(|s| !s.is_empty())
             .collect();
-        Scrubber { secrets }
+        // Longest first: a token that contains another Page's token is redacted whole, not
+        // left with the rest of it around a `[redacted]`.
+        secrets.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        Scrubber {
+            shortest: secrets.iter().map(|s| s.len()).min().unwrap_or(usize::MAX),
+            secrets: secrets
+                .into_iter()
+                .map(|s| (s, memchr::memmem::Finder::new(s)))
+                .collect(),
+        }
     }
 
     fn apply(&self, text: &str) -> String {
         let mut text = Cow::Borrowed(text);
-        for secret in self.secrets.iter().copied() {
-            if text.contains(secret) {
+        for (secret, finder) in &self.secrets {
+            if text.len() >= secret.len() && finder.find(text.as_bytes()).is_some() {
                 text = Cow::Owned(text.replace(secret, REDACTED));
             }
         }
@@ -508,7 +524,14 @@ impl<'a> Scrubber<'a> {
 
     /// [`apply`](Self::apply) to a string owned already, allocating only when a secret is in it.
     fn apply_in_place(&self, text: &mut String) {
-        if self.secrets.iter().any(|s| text.contains(s)) {
+        if text.len() < self.shortest {
+            return;
+        }
+        if self
+            .secrets
+            .iter()
+            .any(|(_, finder)| finder.find(text.as_bytes()).is_some())
+        {
             *text = self.apply(text);
         }
     }
@@ -1270,6 +1293,35 @@ mod tests {
         for secret in [TOKEN, OTHER, proof.as_str()] {
             assert!(!rendered.contains(secret), "{secret} in {rendered}");
         }
+    }
+
+    /// One Page's token inside another's (possible with test tokens, harmless to allow): the
+    /// longer is redacted whole, so no part of it survives around the shorter's redaction.
+    #[test]
+    fn a_token_inside_another_is_redacted_whole() {
+        let longer = format!("{TOKEN}-and-more");
+        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let owner = PageAuth::new(SecretString::from(TOKEN), None);
+        let other = PageAuth::new(SecretString::from(longer.clone()), None);
+        let ops = [
+            Operation::send(&body),
+            Operation::send(&body).with_auth(&other),
+        ];
+        let request = BatchRequest::encode(&owner, &ops).unwrap();
+        let receipt = json!({"message_id": format!("m_{longer}"), "recipient_id": "1"});
+        let reply = BatchReply::decode(
+            &request,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            json!([item(200, receipt.clone()), item(200, receipt)])
+                .to_string()
+                .as_bytes(),
+        );
+        let Ok([ItemResult::Success { receipt, .. }, _]) = reply.result() else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(receipt.message_id.as_deref(), Some("m_[redacted]"));
+        assert_eq!(receipt.recipient_id.as_deref(), Some("1"));
     }
 
     #[test]
