@@ -25,7 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for the daemon. mimalloc asks for them on its arenas, and
 /// under the daemon's churn of short-lived allocations the kernel kept zeroing fresh 2 MB pages
-/// (`clear_page_erms` under `vma_alloc_anon_folio_pmd`, 4.5 % of the CPU in the cost benchmark)
+/// (`clear_page_erms` under `vma_alloc_anon_folio_pmd`, 4.6 % of the CPU in the cost benchmark)
 /// for memory that was soon purged again; with 4 KB pages the same run takes ~6 % less CPU and
 /// peaks ~20 MB lower (benches/RESULTS.md). Advisory: where the kernel refuses, nothing changes.
 fn refuse_transparent_huge_pages() {
