@@ -311,6 +311,8 @@ async fn scenario_latency(rate: f64, seconds: u64) -> String {
 async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page: usize) -> String {
     let mut with = Vec::new();
     let mut bare = Vec::new();
+    // Jobs parked and the messages they were parked in, in the run with the exhausted Page.
+    let mut parks = (0.0, 0.0);
     for exhausted in [false, true] {
         let mut page_ids = ids(healthy_pages);
         let tiny = "199999999999999".to_string();
@@ -373,6 +375,12 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
             .unwrap_or(0);
         let started_ms = daemon.ready_unix_ms;
         let rate = healthy_total as f64 / ((last.saturating_sub(started_ms)) as f64 / 1000.0);
+        if exhausted {
+            parks = (
+                daemon.metric("pagerelay_parked_total").await,
+                daemon.metric("pagerelay_park_message_jobs_count").await,
+            );
+        }
         daemon.stop();
         sim.shutdown().await;
         // The ceiling of the same run: a bare consumer over the same queue contents, on a fresh
@@ -393,7 +401,8 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
          | run | pagerelay: healthy Pages' throughput | bare consumer that parks the exhausted Page's jobs |\n|---|---|---|\n\
          | without the exhausted Page | {:.0} jobs/s | {:.0} jobs/s |\n| with it | {:.0} jobs/s | {:.0} jobs/s |\n\
          | ratio | **{:.2}** (target ≥ 0.95) | {:.2} (the most any consumer gets here) |\n\
-         | pagerelay's ratio as a share of the bare consumer's | {:.2} | |\n",
+         | pagerelay's ratio as a share of the bare consumer's | {:.2} | |\n\n\
+         pagerelay parked {:.0} jobs in {:.0} messages ({:.1} per message); the bare consumer parks each job as a message of its own.\n",
         with[0],
         bare[0],
         with[1],
@@ -401,6 +410,9 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
         with[1] / with[0],
         bare[1] / bare[0],
         (with[1] / with[0]) / (bare[1] / bare[0]),
+        parks.0,
+        parks.1,
+        parks.0 / parks.1.max(1.0),
     )
 }
 
@@ -748,6 +760,8 @@ impl Config {
 /// `pagerelay run` (the release binary) as a child process.
 struct Daemon {
     child: Child,
+    /// The admin listener's base URL.
+    admin: String,
     ready_at: Instant,
     ready_unix_ms: u64,
     _dir: tempfile::TempDir,
@@ -799,10 +813,26 @@ impl Daemon {
         }
         Daemon {
             child,
+            admin,
             ready_at: Instant::now(),
             ready_unix_ms: unix_ms(),
             _dir: dir,
         }
+    }
+
+    /// The sum of metric `name` over all its label sets, from the admin listener's scrape.
+    async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(format!("{}/metrics", self.admin)).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// User + system CPU seconds so far.

@@ -196,6 +196,9 @@ pub struct RetrySettings {
     pub circuit_failures: u32,
     /// Delay used to park jobs of a paused Page (token revoked and the like).
     pub paused_delay: Duration,
+    /// Most jobs one park message carries: a lane parks its Page's jobs together, as one
+    /// bundle per delay tier (1: every parked job is a message of its own).
+    pub park_bundle: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +446,7 @@ struct RawRetry {
     cooldown_max: String,
     circuit_failures: i64,
     paused_delay: String,
+    park_bundle: i64,
 }
 
 impl Default for RawRetry {
@@ -458,6 +462,7 @@ impl Default for RawRetry {
             cooldown_max: "15m".into(),
             circuit_failures: 3,
             paused_delay: "30s".into(),
+            park_bundle: 200,
         }
     }
 }
@@ -1009,6 +1014,7 @@ fn validate_retry(raw: RawRetry) -> Result<RetrySettings, ConfigError> {
         cooldown_max,
         circuit_failures: int_in("retry.circuit_failures", raw.circuit_failures, 1, 1_000)? as u32,
         paused_delay: positive_duration("retry.paused_delay", &raw.paused_delay)?,
+        park_bundle: int_in("retry.park_bundle", raw.park_bundle, 1, 10_000)? as usize,
     })
 }
 
@@ -1411,6 +1417,7 @@ impl Settings {
         let _ = writeln!(out, "cooldown_max = {}", d(r.cooldown_max));
         let _ = writeln!(out, "circuit_failures = {}", r.circuit_failures);
         let _ = writeln!(out, "paused_delay = {}", d(r.paused_delay));
+        let _ = writeln!(out, "park_bundle = {}", r.park_bundle);
         let p = &self.pipeline;
         let _ = writeln!(out, "\n[pipeline]");
         let _ = writeln!(out, "lane_capacity = {}", p.lane_capacity);

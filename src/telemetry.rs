@@ -97,7 +97,7 @@ pub enum TelemetryError {
 
 // ===== metrics =====
 
-/// Deliveries taken from the jobs queues.
+/// Jobs taken from the jobs queues (each job of a park bundle counts).
 pub const JOBS_CONSUMED: &str = "pagerelay_jobs_consumed_total";
 /// Jobs settled, by `outcome` (delivered, retried, parked, dead_lettered, duplicate, requeued)
 /// and `page`.
@@ -116,6 +116,8 @@ pub const GRAPH_REQUESTS: &str = "pagerelay_graph_requests_total";
 pub const GRAPH_DURATION: &str = "pagerelay_graph_request_duration_seconds";
 /// Operations per batch request.
 pub const BATCH_SIZE: &str = "pagerelay_batch_size_operations";
+/// Jobs per message published to a delay tier by parking (1 for a job parked alone).
+pub const PARK_MESSAGE_JOBS: &str = "pagerelay_park_message_jobs";
 /// Publish (AMQP timestamp) to delivered.
 pub const END_TO_END: &str = "pagerelay_end_to_end_latency_seconds";
 /// Time a batch waited for the per-second ceiling (zero when it did not wait).
@@ -221,11 +223,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Operations per batch, 1 to 50: probes and quiet Pages send 1, busy Pages fill the batch.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 49.0, 50.0];
 
+/// Jobs per park message: 1 for a job parked alone, up to `retry.park_bundle` (10,000 at most).
+const PARK_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10000.0,
+];
+
 /// Every metric pagerelay records.
 pub const METRICS: &[Metric] = &[
     counter(
         JOBS_CONSUMED,
-        "Deliveries taken from the jobs queues, retries and redeliveries included.",
+        "Jobs taken from the jobs queues, retries and redeliveries included; each job of a park bundle counts.",
     ),
     counter(
         OPERATIONS,
@@ -259,6 +266,12 @@ pub const METRICS: &[Metric] = &[
         Unit::Count,
         "Operations per Graph batch request.",
         BATCH_BUCKETS,
+    ),
+    histogram(
+        PARK_MESSAGE_JOBS,
+        Unit::Count,
+        "Jobs per message published to a delay tier by parking: a lane parks its Page's jobs together, up to retry.park_bundle to a message.",
+        PARK_BUCKETS,
     ),
     histogram(
         END_TO_END,

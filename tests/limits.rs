@@ -148,6 +148,13 @@ async fn a_page_out_of_budget_is_parked_while_the_others_flow() {
         .metric("pagerelay_parked_total", &["reason=\"budget\""])
         .await;
     assert!(parked > 0.0, "the tiny Page's overflow was parked");
+    let park_messages = daemon
+        .metric("pagerelay_park_message_jobs_count", &[])
+        .await;
+    assert!(
+        park_messages * 3.0 <= parked,
+        "parked together: {parked} jobs in {park_messages} messages"
+    );
     let tiny_view = daemon.page(&tiny).await.unwrap();
     assert_eq!(tiny_view["budget"], 190);
 

@@ -38,6 +38,8 @@ enum Slot {
     Missing,
     /// Received; its outcome is not durable yet.
     Unsettled,
+    /// A park bundle, settled once each of its `left` jobs is; handed back if any of them is.
+    Shared { left: u32, requeue: bool },
     /// Its outcome is durable since this instant: to be acknowledged.
     Ack(Instant),
     /// To be handed back to the broker (nack with requeue).
@@ -95,13 +97,30 @@ impl AckWindow {
     /// A delivery arrived with `tag`. Tags need not arrive in order: the channel's consumers
     /// (one per shard queue) each hand over their own deliveries.
     pub fn received(&mut self, tag: u64) {
+        self.receive(tag, Slot::Unsettled);
+    }
+
+    /// A delivery carrying `jobs` jobs (a park bundle) arrived with `tag`: it is settled once
+    /// each job is, so that it is acknowledged only when every job's outcome is durable.
+    pub fn received_shared(&mut self, tag: u64, jobs: u32) {
+        let slot = match jobs {
+            0 => Slot::Unsettled,
+            left => Slot::Shared {
+                left,
+                requeue: false,
+            },
+        };
+        self.receive(tag, slot);
+    }
+
+    fn receive(&mut self, tag: u64, fresh: Slot) {
         let next = self.base + self.slots.len() as u64;
         if tag >= next {
             let gap = usize::try_from(tag - next).unwrap_or(usize::MAX);
             self.slots.extend(std::iter::repeat_n(Slot::Missing, gap));
-            self.slots.push_back(Slot::Unsettled);
+            self.slots.push_back(fresh);
         } else if let Some(slot @ Slot::Missing) = self.slot(tag) {
-            *slot = Slot::Unsettled;
+            *slot = fresh;
         }
         // Anything else was received already, or is below the window: [`settled`] acknowledges
         // it on its own.
@@ -113,8 +132,20 @@ impl AckWindow {
             Some(slot @ (Slot::Unsettled | Slot::Missing)) => {
                 *slot = if ack { Slot::Ack(now) } else { Slot::Requeue };
             }
-            // Settled twice: the first settlement stands.
-            Some(_) => {}
+            Some(slot) => {
+                if let Slot::Shared { left, requeue } = *slot {
+                    let requeue = requeue || !ack;
+                    *slot = match left {
+                        0 | 1 if requeue => Slot::Requeue,
+                        0 | 1 => Slot::Ack(now),
+                        left => Slot::Shared {
+                            left: left - 1,
+                            requeue,
+                        },
+                    };
+                }
+                // Anything else was settled twice: the first settlement stands.
+            }
             None => self.strays.push((tag, ack)),
         }
     }
@@ -154,7 +185,7 @@ impl AckWindow {
                     run_acks += 1;
                 }
                 Slot::Sent => {}
-                Slot::Missing | Slot::Unsettled | Slot::Requeue => break,
+                Slot::Missing | Slot::Unsettled | Slot::Shared { .. } | Slot::Requeue => break,
             }
         }
         if let Some(end) = run_end {
@@ -237,6 +268,12 @@ impl Acks {
     /// Records a delivery; every delivery of the channel passes here, in the order received.
     pub fn received(&self, tag: u64) {
         self.window().received(tag);
+    }
+
+    /// Records a delivery that carries `jobs` jobs, each settled on its own with the delivery's
+    /// tag (see [`AckWindow::received_shared`]).
+    pub fn received_shared(&self, tag: u64, jobs: u32) {
+        self.window().received_shared(tag, jobs);
     }
 
     /// The outcome of `tag` is durable: acknowledge it. False if the channel is gone, and with it
@@ -365,6 +402,40 @@ mod tests {
 
     fn ms(start: Instant, n: u64) -> Instant {
         start + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_bundle_is_acknowledged_once_every_job_in_it_is_settled() {
+        let t0 = Instant::now();
+        let mut w = AckWindow::new(HOLD);
+        w.received(1);
+        w.received_shared(2, 3);
+        w.received(3);
+        for tag in [1, 3, 2, 2] {
+            w.settled(tag, true, t0);
+        }
+        let frames = w.flush(ms(t0, 100), false);
+        assert_eq!(frames.ack_through, None);
+        assert_eq!(frames.acks, vec![1, 3], "the bundle still has a job out");
+        assert_eq!(w.outstanding(), 1);
+        w.settled(2, true, ms(t0, 100));
+        let frames = w.flush(ms(t0, 100), false);
+        assert_eq!(frames.acks, vec![2]);
+        assert_eq!(w.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_bundle_with_one_job_handed_back_goes_back_whole() {
+        let t0 = Instant::now();
+        let mut w = AckWindow::new(HOLD);
+        w.received_shared(1, 2);
+        w.settled(1, false, t0);
+        assert!(w.flush(t0, true).is_empty(), "one job is still out");
+        w.settled(1, true, t0);
+        let frames = w.flush(t0, false);
+        assert_eq!(frames.requeues, vec![1]);
+        assert_eq!(frames.ack_through, None);
+        assert!(frames.acks.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! "publish this, confirmed" and "consume these queues".
 
 pub mod acks;
+pub mod bundle;
 pub mod headers;
 pub mod publisher;
 pub mod session;

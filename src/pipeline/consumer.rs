@@ -3,6 +3,10 @@
 //! invalid (dead letter `invalid`), unknown Page (`unknown_page`), expired (`expired`), or
 //! already delivered by this process (acked by the duplicate guard).
 //!
+//! A park bundle (see `amqp::bundle`) is split back into its jobs here, each accepted as if it
+//! had come alone, sharing the bundle's delivery tag; a bundle that cannot be read is
+//! dead-lettered whole as `invalid`.
+//!
 //! Routing never waits on a Page, so one Page's trouble never slows the intake of the others.
 
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use tokio::time::Instant;
 
 use super::outcome::Outcome;
 use super::{Envelope, Origin, Shared};
+use crate::amqp::bundle;
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::session::Deliveries;
 use crate::job::{DeliveryMeta, Job};
@@ -51,8 +56,52 @@ pub async fn consume(
 
 /// Decides where one delivery goes.
 fn accept(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery) {
+    if let Some(declared) = bundle::count(delivery.properties.headers().as_ref()) {
+        accept_bundle(shared, origin, delivery, declared);
+        return;
+    }
     shared.meters.jobs_consumed.increment(1);
     origin.acks.received(delivery.delivery_tag);
+    accept_job(shared, origin, delivery, false);
+}
+
+/// Splits a park bundle into its jobs; the bundle is acknowledged once every job is settled.
+fn accept_bundle(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery, declared: usize) {
+    let tag = delivery.delivery_tag;
+    let pieces = match bundle::decode(&delivery.data, declared) {
+        Ok(pieces) => pieces,
+        Err(e) => {
+            shared.meters.jobs_consumed.increment(1);
+            origin.acks.received(tag);
+            let state = JobState::from_headers(delivery.properties.headers().as_ref());
+            let outcome = Shared::rejection(
+                DeadLetterReason::Invalid,
+                format!("not a readable park bundle: {e}"),
+            );
+            settle_now(shared, delivery, state, None, origin, outcome);
+            return;
+        }
+    };
+    shared.meters.jobs_consumed.increment(pieces.len() as u64);
+    // A bundle's size is bounded by its body, far below u32::MAX pieces.
+    origin
+        .acks
+        .received_shared(tag, u32::try_from(pieces.len()).unwrap_or(u32::MAX));
+    for piece in pieces {
+        let mut job = Delivery::mock(
+            tag,
+            delivery.exchange.clone(),
+            delivery.routing_key.clone(),
+            delivery.redelivered,
+            piece.body,
+        );
+        job.properties = piece.properties;
+        accept_job(shared, origin, job, true);
+    }
+}
+
+/// Decides where one job goes; its delivery is already recorded with the acks.
+fn accept_job(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery, bundled: bool) {
     let state = JobState::from_headers(delivery.properties.headers().as_ref());
     let meta = DeliveryMeta {
         routing_key: delivery.routing_key.as_str(),
@@ -113,6 +162,7 @@ fn accept(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery) {
         state,
         origin: origin.clone(),
         received: Instant::now(),
+        bundled,
     };
     shared.lanes.route(shared, page, envelope);
 }

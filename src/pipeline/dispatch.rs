@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::lane::LaneMsg;
 use super::outcome::{Outcome, ParkReason};
+use super::park::ParkJob;
 use super::registry::{Admission, PageState, Signal};
 use super::{Envelope, Shared};
 use crate::amqp::headers::{DeadLetterReason, ErrorContext};
@@ -215,7 +216,9 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
     }
     counts.delivered = delivered.len();
     shared.settle_delivered(&page, delivered);
-    let settles = others.into_iter().map(|(envelope, item)| {
+    let mut parks = Vec::new();
+    let mut settles = Vec::with_capacity(others.len());
+    for (envelope, item) in others {
         counts.note(item.decision);
         if let Some(error) = &item.error
             && let Some(code) = error.code
@@ -256,10 +259,17 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
                 delay: retry.paused_delay,
             },
         };
-        let shared = &shared;
-        async move { shared.settle_envelope(envelope, outcome).await }
-    });
-    futures_util::future::join_all(settles).await;
+        match outcome {
+            Outcome::Park { reason, delay } => parks.push(ParkJob {
+                envelope,
+                reason,
+                delay,
+            }),
+            outcome => settles.push(shared.settle_envelope(envelope, outcome)),
+        }
+    }
+    // A throttled batch parks its jobs together: one message per tier, not one per job.
+    futures_util::future::join(futures_util::future::join_all(settles), shared.park(parks)).await;
 
     tracing::Span::current().record("outcome", counts.summary().as_str());
     tracing::debug!("batch settled");

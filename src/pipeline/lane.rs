@@ -7,6 +7,10 @@
 //! budget or behind an open circuit). So a slow or blocked Page never holds more than a bounded
 //! share of the prefetch window, no delivery stays unacked for long, and other Pages never wait.
 //!
+//! Parked jobs are not published one by one: a lane gathers what it sheds for up to
+//! [`PARK_LINGER`] (or until `retry.park_bundle` are waiting) and hands them to [`super::park`]
+//! together, which sends them as one message per delay tier.
+//!
 //! The consumer only ever pushes into a lane's unbounded inbox (its size is bounded by the
 //! prefetch window), so routing never blocks on a busy Page.
 
@@ -24,6 +28,7 @@ use tokio::time::{Instant, sleep_until};
 use super::batcher::{LaneItem, LaneQueue, ParkPlanner, hold_limit};
 use super::limiter::Grant;
 use super::outcome::{Outcome, ParkReason};
+use super::park::{self, ParkJob};
 use super::registry::{Admission, PageState};
 use super::{Envelope, Shared, dispatch};
 use crate::amqp::headers::DeadLetterReason;
@@ -100,6 +105,11 @@ type PermitFuture =
 /// Longest pause between two looks at a lane, so that gauges and expiries stay fresh.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a lane gathers the jobs it sheds before parking them together. A Page that sheds
+/// sheds a few jobs per pass, one pass per arriving burst; 10 ms turns those into bundles of a
+/// hundred or more, and holds a parked job's prefetch slot no longer than a batch's linger.
+pub const PARK_LINGER: Duration = Duration::from_millis(10);
+
 struct Lane {
     shared: Arc<Shared>,
     page: Arc<PageState>,
@@ -108,6 +118,9 @@ struct Lane {
     tx: UnboundedSender<LaneMsg>,
     batches_in_flight: usize,
     planner: ParkPlanner,
+    /// Shed jobs waiting to be parked together, and since when the oldest has waited.
+    parking: Vec<ParkJob>,
+    parking_since: Option<Instant>,
     /// The newest session generation seen; older envelopes are void.
     generation: u64,
     wake_at: Option<Instant>,
@@ -133,6 +146,8 @@ impl Lane {
             tx,
             batches_in_flight: 0,
             planner: ParkPlanner::default(),
+            parking: Vec::new(),
+            parking_since: None,
             generation: 0,
             wake_at: None,
             permit: None,
@@ -187,10 +202,11 @@ impl Lane {
                 continue;
             }
             self.step();
+            self.flush_parking();
             self.page
                 .lane_depth
                 .store(self.queue.len(), Ordering::Relaxed);
-            if self.queue.is_empty() && self.batches_in_flight == 0 {
+            if self.queue.is_empty() && self.parking.is_empty() && self.batches_in_flight == 0 {
                 if self.idle_since.elapsed() >= idle_ttl
                     && self.shared.lanes.remove_if_idle(&self.page.id, &self.rx)
                 {
@@ -220,6 +236,11 @@ impl Lane {
                 let current = self.generation;
                 // Their delivery tags died with their channel; the broker redelivers them.
                 let dropped = self.queue.remove_where(|e| e.origin.generation < current);
+                self.parking
+                    .retain(|p| p.envelope.origin.generation >= current);
+                if self.parking.is_empty() {
+                    self.parking_since = None;
+                }
                 if !dropped.is_empty() {
                     tracing::debug!(page = %self.page.id, dropped = dropped.len(), "dropped jobs of a lost connection");
                 }
@@ -298,13 +319,28 @@ impl Lane {
                     _ => blocked_for.max(self.shared.settings.retry.tiers[0]),
                 }
             };
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                shared
-                    .settle_envelope(envelope, Outcome::Park { reason, delay })
-                    .await;
+            self.parking.push(ParkJob {
+                envelope,
+                reason,
+                delay,
             });
         }
+        self.parking_since.get_or_insert(now);
+    }
+
+    /// Parks the shed jobs once a bundle's worth is waiting or the oldest has waited
+    /// [`PARK_LINGER`]; until then, wakes the lane when it will have.
+    fn flush_parking(&mut self) {
+        let Some(since) = self.parking_since else {
+            return;
+        };
+        let due = since + PARK_LINGER;
+        if self.parking.len() < self.shared.settings.retry.park_bundle && Instant::now() < due {
+            self.wake(due);
+            return;
+        }
+        self.parking_since = None;
+        park::spawn(&self.shared, std::mem::take(&mut self.parking));
     }
 
     fn dispatch(&mut self, now: Instant, probe: bool) {
@@ -426,16 +462,36 @@ impl Lane {
         }
     }
 
-    /// Shutdown: nothing new starts; queued jobs go back to the broker.
+    /// Shutdown: nothing new starts; queued jobs go back to the broker, and the jobs shed or
+    /// taken from a park bundle are parked.
     async fn hand_back(&mut self) {
-        let jobs = self.queue.drain();
-        if jobs.is_empty() {
+        let mut parks = std::mem::take(&mut self.parking);
+        self.parking_since = None;
+        let mut requeues = Vec::new();
+        for envelope in self.queue.drain() {
+            if envelope.bundled {
+                // Handing back one job of a bundle hands back the whole bundle, jobs already
+                // delivered included; a park of its own sends back only this one.
+                parks.push(ParkJob {
+                    envelope,
+                    reason: ParkReason::LaneFull,
+                    delay: self.shared.settings.retry.tiers[0],
+                });
+            } else {
+                requeues.push(envelope);
+            }
+        }
+        if parks.is_empty() && requeues.is_empty() {
             return;
         }
-        let settles = jobs
+        let requeued = requeues
             .into_iter()
             .map(|e| self.shared.settle_envelope(e, Outcome::Requeue));
-        futures_util::future::join_all(settles).await;
+        futures_util::future::join(
+            futures_util::future::join_all(requeued),
+            self.shared.park(parks),
+        )
+        .await;
         self.page.lane_depth.store(0, Ordering::Relaxed);
     }
 }

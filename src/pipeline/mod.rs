@@ -19,7 +19,8 @@
 //! [`supervisor`] (connection lifecycle, signals), [`consumer`] (routing deliveries),
 //! [`lane`] (per-Page scheduling), [`combiner`] (packing Pages' batches into requests),
 //! [`dispatch`] (one batch request and its settlement),
-//! [`outcome`] (settling one delivery), and the pure pieces [`batcher`], [`limiter`],
+//! [`outcome`] (settling one delivery), [`park`] (parking a lane's jobs, several to a
+//! message), and the pure pieces [`batcher`], [`limiter`],
 //! [`registry`], [`dedup`].
 
 pub mod audience;
@@ -31,6 +32,7 @@ pub mod dispatch;
 pub mod lane;
 pub mod limiter;
 pub mod outcome;
+pub mod park;
 pub mod registry;
 pub mod supervisor;
 
@@ -55,7 +57,7 @@ use batcher::LaneItem;
 use combiner::Combiner;
 use dedup::DuplicateGuard;
 use lane::Lanes;
-use outcome::{Incoming, Outcome, PlanContext, Settled};
+use outcome::{Incoming, Outcome, PlanContext, Settled, Settlement};
 use registry::{PageState, Registry};
 
 pub use supervisor::{RunError, run};
@@ -89,6 +91,7 @@ pub struct Meters {
     pub end_to_end: metrics::Histogram,
     pub graph_duration: metrics::Histogram,
     pub batch_size: metrics::Histogram,
+    pub park_message_jobs: metrics::Histogram,
 }
 
 impl Meters {
@@ -100,6 +103,7 @@ impl Meters {
             end_to_end: metrics::histogram!(telemetry::END_TO_END),
             graph_duration: metrics::histogram!(telemetry::GRAPH_DURATION),
             batch_size: metrics::histogram!(telemetry::BATCH_SIZE),
+            park_message_jobs: metrics::histogram!(telemetry::PARK_MESSAGE_JOBS),
         }
     }
 }
@@ -121,6 +125,9 @@ pub struct Envelope {
     pub state: JobState,
     pub origin: Arc<Origin>,
     pub received: Instant,
+    /// It came in a park bundle: its delivery tag is shared with the other jobs of the bundle,
+    /// and handing it back alone would hand them all back.
+    pub bundled: bool,
 }
 
 impl LaneItem for Envelope {
@@ -144,20 +151,32 @@ impl Shared {
         origin: &Origin,
         outcome: Outcome,
     ) -> Settled {
-        let incoming = Incoming {
-            routing_key: delivery.routing_key.as_str(),
-            properties: &delivery.properties,
-            state,
-            page_id: job.map(|j| j.page_id.as_str()),
-            job_id: job.map(|j| j.job_id.as_str()),
-        };
-        let ctx = PlanContext {
+        let incoming = Incoming::new(delivery, state, job);
+        let (settlement, settled) = outcome::plan(&outcome, incoming, self.plan_context());
+        self.carry_out(settlement, settled, delivery, state, job, origin)
+            .await
+    }
+
+    /// What [`outcome::plan`] needs besides the delivery: where things go, the policy, the time.
+    pub fn plan_context(&self) -> PlanContext<'_> {
+        PlanContext {
             topology: &self.topology,
             retry: &self.settings.retry,
             now: Utc::now(),
             jitter_draw: rand::rng().random::<f64>(),
-        };
-        let (settlement, settled) = outcome::plan(&outcome, incoming, ctx);
+        }
+    }
+
+    /// Carries out a planned settlement and records it.
+    async fn carry_out(
+        &self,
+        settlement: Settlement,
+        settled: Settled,
+        delivery: &Delivery,
+        state: &JobState,
+        job: Option<&Job>,
+        origin: &Origin,
+    ) -> Settled {
         if let Err(e) = outcome::settle(settlement, delivery, origin).await {
             settle_failed(&e, settled);
             return Settled::Requeued;

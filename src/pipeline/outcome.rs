@@ -6,8 +6,8 @@
 //! publish is confirmed. Every path through a delivery ends here, exactly once. The ack frames
 //! themselves are `amqp::acks`'s: settling hands it the delivery tag.
 //!
-//! It does not classify Graph replies (see `graph::classify`) or choose park delays (see
-//! [`super::park`]).
+//! It does not classify Graph replies (see `graph::classify`), choose park delays (see
+//! [`super::lane`]) or bundle parked jobs (see [`super::park`]).
 
 use std::time::Duration;
 
@@ -142,6 +142,22 @@ pub struct Incoming<'a> {
     /// The Page and job id, once the job decoded.
     pub page_id: Option<&'a str>,
     pub job_id: Option<&'a str>,
+}
+
+impl<'a> Incoming<'a> {
+    pub fn new(
+        delivery: &'a Delivery,
+        state: &'a JobState,
+        job: Option<&'a crate::job::Job>,
+    ) -> Self {
+        Incoming {
+            routing_key: delivery.routing_key.as_str(),
+            properties: &delivery.properties,
+            state,
+            page_id: job.map(|j| j.page_id.as_str()),
+            job_id: job.map(|j| j.job_id.as_str()),
+        }
+    }
 }
 
 /// The rest of what [`plan`] needs: where things go, the retry policy, the time, and a random
@@ -356,34 +372,16 @@ pub async fn settle(
         Settlement::Ack => acks.ack(tag),
         Settlement::Requeue => acks.requeue(tag),
         Settlement::Republish(copy) => {
-            let publisher = &origin.publisher;
-            let mut backoff = Duration::from_millis(100);
-            let mut attempt = 1;
-            loop {
-                let published = publisher
-                    .publish(
-                        &copy.exchange,
-                        &copy.routing_key,
-                        &delivery.data,
-                        copy.properties.clone(),
-                    )
-                    .await;
-                match published {
-                    Ok(()) => break acks.ack(tag),
-                    Err(source) => {
-                        if attempt >= PUBLISH_ATTEMPTS || !publisher.is_open() || !acks.is_open() {
-                            // Hand it back so it is not stuck unacked on a live channel; the
-                            // broker's delivery limit bounds how often this can repeat.
-                            acks.requeue(tag);
-                            return Err(SettleError::Publish {
-                                exchange: copy.exchange,
-                                source,
-                            });
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 4;
-                        attempt += 1;
-                    }
+            match publish(&copy, &delivery.data, origin).await {
+                Ok(()) => acks.ack(tag),
+                Err(source) => {
+                    // Hand it back so it is not stuck unacked on a live channel; the broker's
+                    // delivery limit bounds how often this can repeat.
+                    acks.requeue(tag);
+                    return Err(SettleError::Publish {
+                        exchange: copy.exchange,
+                        source,
+                    });
                 }
             }
         }
@@ -392,6 +390,35 @@ pub async fn settle(
         Ok(())
     } else {
         Err(SettleError::ChannelGone)
+    }
+}
+
+/// Publishes `body` as `copy` on `origin`'s connection, confirmed, trying again a few times
+/// while the connection and the delivery's channel are up.
+pub async fn publish(copy: &Republish, body: &[u8], origin: &Origin) -> Result<(), PublishError> {
+    let publisher = &origin.publisher;
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let published = publisher
+            .publish(
+                &copy.exchange,
+                &copy.routing_key,
+                body,
+                copy.properties.clone(),
+            )
+            .await;
+        match published {
+            Ok(()) => return Ok(()),
+            Err(source) => {
+                if attempt >= PUBLISH_ATTEMPTS || !publisher.is_open() || !origin.acks.is_open() {
+                    return Err(source);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+                attempt += 1;
+            }
+        }
     }
 }
 
