@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes pagerelay's two decoders of untrusted bytes with cargo-fuzz (libFuzzer), for a bounded
+# Fuzzes pagerelay's three decoders of untrusted bytes with cargo-fuzz (libFuzzer), for a bounded
 # time per target, and fails on any crash:
 #
 #   scripts/fuzz.sh                    60 s per target (what scripts/test.sh runs)
@@ -7,9 +7,10 @@
 #   scripts/fuzz.sh 600 job_decode     one target
 #
 # Targets (fuzz/fuzz_targets/): job_decode (`Job::decode`: arbitrary body, routing key, content
-# type, message_id) and batch_reply_decode (`BatchReply::decode`: arbitrary status, headers and
-# body for a small batch request). Corpora grow in fuzz/corpus/<target> (ignored by git): the job
-# target's is seeded from tests/corpus/jobs, the reply target's from fuzz/seeds. A crash is saved
+# type, message_id), batch_reply_decode (`BatchReply::decode`: arbitrary status, headers and
+# body for a small batch request) and park_bundle_decode (`bundle::decode`: an arbitrary park
+# bundle body and declared count). Corpora grow in fuzz/corpus/<target> (ignored by git): the job
+# target's is seeded from tests/corpus/jobs, the others' from fuzz/seeds. A crash is saved
 # in fuzz/artifacts/<target>; reproduce it with `cargo fuzz run <target> <file>` (with the
 # environment below).
 #
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(job_decode batch_reply_decode)
+[ ${#targets[@]} -gt 0 ] || targets=(job_decode batch_reply_decode park_bundle_decode)
 
 CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
@@ -66,6 +67,11 @@ for target in "${targets[@]}"; do
     batch_reply_decode)
         mkdir -p fuzz/corpus/batch_reply_decode
         corpora=(fuzz/corpus/batch_reply_decode fuzz/seeds/batch_reply_decode)
+        max_len=8192
+        ;;
+    park_bundle_decode)
+        mkdir -p fuzz/corpus/park_bundle_decode
+        corpora=(fuzz/corpus/park_bundle_decode fuzz/seeds/park_bundle_decode)
         max_len=8192
         ;;
     *)

@@ -3,7 +3,7 @@
 # distribution's packages and promtool, then checks formatting and lints, checks and tests the
 # Prometheus rules, builds, runs every test (the fault suite at its reduced sizes among them),
 # checks every file under deploy/ (installing the checkers), runs the slow tests that plain
-# `cargo test` skips (#[ignore]: a three-node RabbitMQ cluster on loopback), and fuzzes the two
+# `cargo test` skips (#[ignore]: a three-node RabbitMQ cluster on loopback), and fuzzes the three
 # decoders of untrusted bytes for 60 s each (scripts/fuzz.sh, installing cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +73,7 @@ scripts/check-deploy.sh
 step "slow tests: a three-node RabbitMQ cluster (cargo test --test scale_out -- --ignored)"
 cargo test --test scale_out -- --ignored
 
-step "fuzz: the job and reply decoders, 60 s each (scripts/fuzz.sh)"
+step "fuzz: the job, reply and park bundle decoders, 60 s each (scripts/fuzz.sh)"
 scripts/fuzz.sh 60
 
 step "all tests passed"

@@ -23,6 +23,7 @@ use super::{Envelope, Shared, settle_failed};
 use crate::amqp::bundle;
 use crate::amqp::headers;
 use crate::amqp::topology::TIER_HEADER;
+use crate::telemetry;
 
 /// The most body bytes one bundle carries, well under RabbitMQ's default 128 MiB message limit
 /// and small enough that a bundle is never a slow message for the broker.
@@ -166,6 +167,7 @@ impl Shared {
         }
         let first = &members[0];
         let origin = first.envelope.origin.clone();
+        let page = first.envelope.job.page_id.clone();
         let copy = Republish {
             exchange: first.copy.exchange.clone(),
             routing_key: first.copy.routing_key.clone(),
@@ -178,14 +180,20 @@ impl Shared {
         );
         match outcome::publish(&copy, &body, &origin).await {
             Ok(()) => {
+                // Counted once per reason rather than per job: a bundle is one Page's.
+                let mut parked = [0u64; ParkReason::LABELS.len()];
                 for m in &members {
                     let e = &m.envelope;
-                    if e.origin.acks.ack(e.delivery.delivery_tag) {
-                        self.record(m.settled, Some(&e.job), &e.state, &e.delivery);
-                    } else {
+                    if !e.origin.acks.ack(e.delivery.delivery_tag) {
                         settle_failed(&outcome::SettleError::ChannelGone, m.settled);
+                    } else if let Settled::Parked(reason) = m.settled {
+                        let at = ParkReason::LABELS
+                            .iter()
+                            .position(|l| *l == reason.as_str());
+                        parked[at.unwrap_or(0)] += 1;
                     }
                 }
+                self.record_parked(&page, &parked);
             }
             Err(source) => {
                 let error = outcome::SettleError::Publish {
@@ -199,6 +207,27 @@ impl Shared {
                         .requeue(m.envelope.delivery.delivery_tag);
                     settle_failed(&error, m.settled);
                 }
+            }
+        }
+    }
+
+    /// Records `parked[i]` jobs of `page` parked for reason `ParkReason::LABELS[i]`; the same
+    /// metrics as [`Shared::record`] gives each job.
+    fn record_parked(&self, page: &str, parked: &[u64]) {
+        let label = match self.registry.get(page) {
+            Some(page) => self.labels.label(&page.id),
+            None => Arc::from(telemetry::OTHER_PAGES),
+        };
+        let total: u64 = parked.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let outcome = Settled::Parked(ParkReason::Budget).label();
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => outcome, "page" => label.to_string())
+            .increment(total);
+        for (reason, n) in ParkReason::LABELS.iter().zip(parked) {
+            if *n > 0 {
+                metrics::counter!(telemetry::PARKED, "reason" => *reason).increment(*n);
             }
         }
     }
