@@ -274,3 +274,68 @@ async fn a_page_out_of_budget_parks_its_jobs_in_bundles_and_loses_none() {
     );
     broker::delete_topology(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_larger_than_the_prefetch_window_take_turns_and_all_deliver() {
+    let prefix = broker::unique_prefix("bundle_room");
+    let pages: Vec<String> = (0..3)
+        .map(|i| format!("{}", 100_000_000_000_600u64 + i))
+        .collect();
+    let mut sim_config = SimConfig::default();
+    for id in &pages {
+        sim_config = sim_config.with_page(PageConfig::new(id, format!("token-{id}"), 100_000));
+    }
+    let sim = Simulator::start(sim_config).await.unwrap();
+    // A window of 20 deliveries, so room for 20 bundled jobs: a bundle of 30 takes all of it,
+    // and the next waits until its jobs are settled. None may be stuck waiting.
+    let daemon = Daemon::start(
+        DaemonConfig::new(&prefix, &sim.base_url())
+            .pages(&pages, 100_000)
+            .section("amqp", "prefetch = 20"),
+    )
+    .await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let mut messages = Vec::new();
+    let mut ids = BTreeSet::new();
+    for b in 0..6 {
+        let page = &pages[b % pages.len()];
+        let bodies: Vec<(BasicProperties, Vec<u8>)> = (0..30)
+            .map(|i| {
+                let id = format!("room-{b}-{i}");
+                ids.insert(id.clone());
+                (piece_properties(&id), job_body(page, &id))
+            })
+            .collect();
+        let body = bundle::encode(bodies.iter().map(|(p, b)| (p, b.as_slice())));
+        messages.push((page.clone(), body, bundle_properties(30)));
+    }
+    jobs::publish_raw(&conn, &topology, &messages).await;
+
+    let client = sim.client();
+    wait_for("all 180 jobs", Duration::from_secs(60), || async {
+        let stats = client.stats().await.ok()?;
+        (stats.totals.delivered >= 180).then_some(())
+    })
+    .await;
+    let delivered: Vec<String> = client
+        .all_deliveries()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|d| jobs::job_id_of(&d.body))
+        .collect();
+    assert_eq!(delivered.len(), 180, "each once");
+    assert_eq!(delivered.into_iter().collect::<BTreeSet<_>>(), ids);
+    wait_for("every bundle acked", Duration::from_secs(10), || async {
+        let mut depth = 0;
+        for queue in topology.job_queues() {
+            depth += jobs::depth(&conn, &queue).await;
+        }
+        let consumed = daemon.metric("pagerelay_jobs_consumed_total", &[]).await;
+        (depth == 0 && consumed == 180.0).then_some(())
+    })
+    .await;
+    drop(daemon);
+    broker::delete_topology(&prefix).await;
+}

@@ -5,7 +5,9 @@
 //!
 //! A park bundle (see `amqp::bundle`) is split back into its jobs here, each accepted as if it
 //! had come alone, sharing the bundle's delivery tag; a bundle that cannot be read is
-//! dead-lettered whole as `invalid`.
+//! dead-lettered whole as `invalid`. The prefetch window counts a bundle as one delivery, so
+//! bundled jobs take room in a window of their own of the same size: a bundle that finds it full
+//! waits (and the intake with it) until earlier bundles' jobs are settled.
 //!
 //! Routing never waits on a Page, so one Page's trouble never slows the intake of the others.
 
@@ -14,10 +16,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use super::{Envelope, Origin, Shared};
+use super::{Envelope, Origin, Shared, bundled_room};
 use crate::amqp::bundle;
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::session::Deliveries;
@@ -46,7 +49,26 @@ pub async fn consume(
             biased;
             _ = stop.cancelled() => return ConsumeEnd::Stopping,
             next = deliveries.next() => match next {
-                Some(Ok(delivery)) => accept(shared, origin, delivery),
+                Some(Ok(delivery)) => {
+                    let Some(declared) = bundle::count(delivery.properties.headers().as_ref())
+                    else {
+                        accept(shared, origin, delivery);
+                        continue;
+                    };
+                    // The prefetch window bounds messages, not jobs: a bundle waits until the
+                    // jobs of earlier bundles have made room, and so does the intake behind it.
+                    let room = u32::try_from(declared.clamp(1, bundled_room(&shared.settings)))
+                        .unwrap_or(u32::MAX);
+                    let room = tokio::select! {
+                        biased;
+                        // Not recorded with the acks: closing the channel hands it back.
+                        _ = stop.cancelled() => return ConsumeEnd::Stopping,
+                        room = shared.bundled_room.clone().acquire_many_owned(room) => {
+                            room.expect("the bundle semaphore is never closed")
+                        }
+                    };
+                    accept_bundle(shared, origin, delivery, declared, Arc::new(room));
+                }
                 Some(Err(e)) => return ConsumeEnd::Lost(e),
                 None => return ConsumeEnd::Cancelled,
             },
@@ -54,19 +76,22 @@ pub async fn consume(
     }
 }
 
-/// Decides where one delivery goes.
+/// Decides where one delivery (not a bundle) goes.
 fn accept(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery) {
-    if let Some(declared) = bundle::count(delivery.properties.headers().as_ref()) {
-        accept_bundle(shared, origin, delivery, declared);
-        return;
-    }
     shared.meters.jobs_consumed.increment(1);
     origin.acks.received(delivery.delivery_tag);
-    accept_job(shared, origin, delivery, false);
+    accept_job(shared, origin, delivery, None);
 }
 
 /// Splits a park bundle into its jobs; the bundle is acknowledged once every job is settled.
-fn accept_bundle(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery, declared: usize) {
+/// Its jobs share `room` in the bundled-jobs window until the last of them is settled.
+fn accept_bundle(
+    shared: &Arc<Shared>,
+    origin: &Arc<Origin>,
+    delivery: Delivery,
+    declared: usize,
+    room: Arc<OwnedSemaphorePermit>,
+) {
     let tag = delivery.delivery_tag;
     let pieces = match bundle::decode(&delivery.data, declared) {
         Ok(pieces) => pieces,
@@ -96,12 +121,17 @@ fn accept_bundle(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery,
             piece.body,
         );
         job.properties = piece.properties;
-        accept_job(shared, origin, job, true);
+        accept_job(shared, origin, job, Some(room.clone()));
     }
 }
 
 /// Decides where one job goes; its delivery is already recorded with the acks.
-fn accept_job(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery, bundled: bool) {
+fn accept_job(
+    shared: &Arc<Shared>,
+    origin: &Arc<Origin>,
+    delivery: Delivery,
+    bundle: Option<Arc<OwnedSemaphorePermit>>,
+) {
     let state = JobState::from_headers(delivery.properties.headers().as_ref());
     let meta = DeliveryMeta {
         routing_key: delivery.routing_key.as_str(),
@@ -162,7 +192,7 @@ fn accept_job(shared: &Arc<Shared>, origin: &Arc<Origin>, delivery: Delivery, bu
         state,
         origin: origin.clone(),
         received: Instant::now(),
-        bundled,
+        bundle,
     };
     shared.lanes.route(shared, page, envelope);
 }

@@ -469,7 +469,7 @@ impl Lane {
         self.parking_since = None;
         let mut requeues = Vec::new();
         for envelope in self.queue.drain() {
-            if envelope.bundled {
+            if envelope.is_bundled() {
                 // Handing back one job of a bundle hands back the whole bundle, jobs already
                 // delivered included; a park of its own sends back only this one.
                 parks.push(ParkJob {

@@ -42,7 +42,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::message::Delivery;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +74,9 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Page batches in flight across all Pages (several may share one request).
     pub in_flight: Arc<Semaphore>,
+    /// Jobs from park bundles in memory, at most the prefetch window: the window counts a
+    /// bundle as one delivery.
+    pub bundled_room: Arc<Semaphore>,
     pub lanes: Lanes,
     /// Packs the lanes' batches into Graph requests.
     pub combiner: Combiner,
@@ -125,9 +128,16 @@ pub struct Envelope {
     pub state: JobState,
     pub origin: Arc<Origin>,
     pub received: Instant,
-    /// It came in a park bundle: its delivery tag is shared with the other jobs of the bundle,
-    /// and handing it back alone would hand them all back.
-    pub bundled: bool,
+    /// Set when it came in a park bundle: its delivery tag is shared with the other jobs of the
+    /// bundle (handing it back alone would hand them all back), and so is the bundle's room in
+    /// [`Shared::bundled_room`], freed when the last of them is dropped.
+    pub bundle: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+impl Envelope {
+    pub fn is_bundled(&self) -> bool {
+        self.bundle.is_some()
+    }
 }
 
 impl LaneItem for Envelope {
@@ -262,6 +272,12 @@ impl Shared {
             attempted: false,
         }
     }
+}
+
+/// The size of [`Shared::bundled_room`]: as many jobs as the prefetch window has deliveries, so
+/// bundles never hold more jobs in memory than unbundled deliveries could.
+pub fn bundled_room(settings: &Settings) -> usize {
+    usize::from(settings.amqp.prefetch)
 }
 
 /// Counts and logs a settlement that could not be carried out (the delivery is the broker's

@@ -32,7 +32,7 @@ use super::consumer::{self, ConsumeEnd};
 use super::dedup::DuplicateGuard;
 use super::lane::{LaneMsg, Lanes};
 use super::registry::Registry;
-use super::{Meters, Origin, Shared, audience};
+use super::{Meters, Origin, Shared, audience, bundled_room};
 use crate::admin::{self, AdminState, Health};
 use crate::amqp::{Acks, Session, Topology};
 use crate::config::{LoadOptions, Settings};
@@ -89,6 +89,7 @@ pub async fn run(
         ),
         labels: PageLabels::new(settings.metrics.page_label_limit),
         in_flight: Arc::new(Semaphore::new(settings.graph.max_in_flight)),
+        bundled_room: Arc::new(Semaphore::new(bundled_room(&settings))),
         lanes: Lanes::default(),
         stopping: CancellationToken::new(),
         meters: Meters::register(),
