@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use support::daemon::{Daemon, DaemonConfig};
 use support::jobs::DeadLetter;
+use support::sim::{arrivals, wait_delivered};
 use support::{broker, jobs, wait_for};
 
 const PAGE: &str = "100000000000501";
@@ -91,26 +92,17 @@ async fn a_consumed_bundle_is_split_into_jobs_settled_one_by_one() {
     )
     .await;
 
-    let client = sim.client();
-    wait_for("a1 and a3 delivered", Duration::from_secs(30), || async {
-        let stats = client.stats().await.ok()?;
-        (stats.totals.delivered >= 2).then_some(())
-    })
-    .await;
+    wait_delivered(&sim, 2, Duration::from_secs(30)).await;
     let dead_queue = topology.dead_queue();
     wait_for("three dead letters", Duration::from_secs(30), || async {
         (jobs::depth(&conn, &dead_queue).await >= 3).then_some(())
     })
     .await;
 
-    let delivered: BTreeSet<String> = client
-        .all_deliveries()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|d| jobs::job_id_of(&d.body))
-        .collect();
-    assert_eq!(delivered, BTreeSet::from(["a1".into(), "a3".into()]));
+    assert_eq!(
+        arrivals(&sim).await,
+        HashMap::from([("a1".into(), 1), ("a3".into(), 1)])
+    );
 
     let letters = jobs::drain(&conn, &dead_queue).await;
     assert_eq!(letters.len(), 3, "{letters:?}");
@@ -206,14 +198,9 @@ async fn a_page_out_of_budget_parks_its_jobs_in_bundles_and_loses_none() {
     // Shutdown parks what is waiting to be parked and hands the held jobs back.
     assert!(daemon.stop().await.success());
 
-    let delivered: Vec<String> = client
-        .all_deliveries()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|d| jobs::job_id_of(&d.body))
-        .collect();
-    let mut seen: Vec<String> = delivered.clone();
+    let delivered = arrivals(&sim).await;
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    let mut seen: Vec<String> = delivered.keys().cloned().collect();
     let mut bundles = 0;
     let mut pieces = 0;
     for tier in topology.tiers() {
@@ -312,21 +299,13 @@ async fn bundles_larger_than_the_prefetch_window_take_turns_and_all_deliver() {
     }
     jobs::publish_raw(&conn, &topology, &messages).await;
 
-    let client = sim.client();
-    wait_for("all 180 jobs", Duration::from_secs(60), || async {
-        let stats = client.stats().await.ok()?;
-        (stats.totals.delivered >= 180).then_some(())
-    })
-    .await;
-    let delivered: Vec<String> = client
-        .all_deliveries()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|d| jobs::job_id_of(&d.body))
-        .collect();
-    assert_eq!(delivered.len(), 180, "each once");
-    assert_eq!(delivered.into_iter().collect::<BTreeSet<_>>(), ids);
+    wait_delivered(&sim, 180, Duration::from_secs(60)).await;
+    let delivered = arrivals(&sim).await;
+    assert!(
+        delivered.values().all(|n| *n == 1),
+        "each once: {delivered:?}"
+    );
+    assert_eq!(delivered.into_keys().collect::<BTreeSet<_>>(), ids);
     wait_for("every bundle acked", Duration::from_secs(10), || async {
         let mut depth = 0;
         for queue in topology.job_queues() {

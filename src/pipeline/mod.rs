@@ -249,6 +249,24 @@ impl Shared {
         }
     }
 
+    /// Carries out a settlement planned for an envelope and records it.
+    async fn carry_out_envelope(
+        &self,
+        envelope: &Envelope,
+        settlement: Settlement,
+        settled: Settled,
+    ) -> Settled {
+        self.carry_out(
+            settlement,
+            settled,
+            &envelope.delivery,
+            &envelope.state,
+            Some(&envelope.job),
+            &envelope.origin,
+        )
+        .await
+    }
+
     /// Settles an envelope.
     pub async fn settle_envelope(&self, envelope: Box<Envelope>, outcome: Outcome) -> Settled {
         self.settle(

@@ -108,15 +108,8 @@ impl Shared {
         let alone = alone
             .into_iter()
             .map(|(envelope, settlement, settled)| async move {
-                self.carry_out(
-                    settlement,
-                    settled,
-                    &envelope.delivery,
-                    &envelope.state,
-                    Some(&envelope.job),
-                    &envelope.origin,
-                )
-                .await;
+                self.carry_out_envelope(&envelope, settlement, settled)
+                    .await
             });
 
         let keys = planned.iter().map(|p| {
@@ -154,15 +147,9 @@ impl Shared {
                 copy,
                 settled,
             } = members.pop().expect("one member");
-            self.carry_out(
-                Settlement::Republish(Box::new(copy)),
-                settled,
-                &envelope.delivery,
-                &envelope.state,
-                Some(&envelope.job),
-                &envelope.origin,
-            )
-            .await;
+            let settlement = Settlement::Republish(Box::new(copy));
+            self.carry_out_envelope(&envelope, settlement, settled)
+                .await;
             return;
         }
         let first = &members[0];
