@@ -268,8 +268,15 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
             outcome => settles.push(shared.settle_envelope(envelope, outcome)),
         }
     }
-    // A throttled batch parks its jobs together: one message per tier, not one per job.
-    futures_util::future::join(futures_util::future::join_all(settles), shared.park(parks)).await;
+    // A throttled batch parks its jobs together: one message per tier, not one per job. Boxed,
+    // and made only when there is something to park: inline, the park future would enlarge
+    // every batch's task for the rare throttled one.
+    let parked = async {
+        if !parks.is_empty() {
+            Box::pin(shared.park(parks)).await;
+        }
+    };
+    futures_util::future::join(futures_util::future::join_all(settles), parked).await;
 
     tracing::Span::current().record("outcome", counts.summary().as_str());
     tracing::debug!("batch settled");

@@ -193,7 +193,10 @@ impl Lane {
                 }
             }
             if stopping.is_cancelled() {
-                self.hand_back().await;
+                // Boxed: a lane's task holds its largest await point inline for its whole life,
+                // and the hand-back's parking future is large; every lane would pay for the one
+                // shutdown.
+                Box::pin(self.hand_back()).await;
                 if self.batches_in_flight == 0
                     && self.shared.lanes.remove_if_idle(&self.page.id, &self.rx)
                 {
