@@ -37,7 +37,8 @@
 //! - A field that is present is checked even when it is `null`: `"tag": null` is a tag.
 //! - The body is forwarded as parsed. Numbers survive exactly as 64-bit integers or doubles
 //!   (serde_json's `float_roundtrip` is on); an integer beyond 64 bits becomes the nearest double.
-//!   With a duplicate key the last value wins, and that value is both checked and forwarded.
+//!   With a repeated key the last value wins, in the place of the first, and that value is both
+//!   checked and forwarded.
 //! - The first broken rule is reported, in this order: credentials, `page_id`, the routing key,
 //!   `job_id`, `expires_at`, `recipient`, `message` / `sender_action`, `messaging_type`, `tag`,
 //!   `notification_type`.
@@ -49,7 +50,11 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use serde::de::value::SeqAccessDeserializer;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::config::is_page_id;
@@ -129,13 +134,14 @@ impl Job {
         })?;
         // serde_json's recursion limit (128 levels) turns deep nesting into an error here rather
         // than a stack overflow, and its messages give a position, never the input.
-        let mut job = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(job)) => job,
-            Ok(other) => {
-                return Err(JobError::NotAnObject {
-                    found: JsonKind::of(&other),
-                });
-            }
+        let TopLevel {
+            page_id,
+            job_id,
+            expires_at,
+            body: job,
+        } = match serde_json::from_str::<Parsed>(text) {
+            Ok(Parsed::Object(top)) => top,
+            Ok(Parsed::Other(found)) => return Err(JobError::NotAnObject { found }),
             Err(e) => {
                 return Err(JobError::Syntax {
                     reason: e.to_string(),
@@ -144,7 +150,7 @@ impl Job {
         };
 
         rules::reject_credentials(&job)?;
-        let page_id = take_page_id(&mut job)?;
+        let page_id = page_id_of(page_id)?;
         if is_page_id(meta.routing_key) && meta.routing_key != page_id {
             return Err(JobError::invalid(
                 "page_id",
@@ -154,7 +160,7 @@ impl Job {
                 },
             ));
         }
-        let (job_id, job_id_generated) = match take_job_id(&mut job)? {
+        let (job_id, job_id_generated) = match job_id_of(job_id)? {
             Some(job_id) => (job_id, false),
             None => match meta.message_id.filter(|id| !id.is_empty()) {
                 Some(message_id) => {
@@ -164,7 +170,7 @@ impl Job {
                 None => (uuid::Uuid::new_v4().to_string(), true),
             },
         };
-        let expires_at = take_expires_at(&mut job)?;
+        let expires_at = expires_at_of(expires_at)?;
         let facts = rules::check(&job)?;
         Ok(Job {
             page_id,
@@ -219,8 +225,8 @@ fn check_content_type(content_type: &str) -> Result<(), JobError> {
     }
 }
 
-fn take_page_id(job: &mut Map<String, Value>) -> Result<String, JobError> {
-    match job.shift_remove("page_id") {
+fn page_id_of(value: Option<Value>) -> Result<String, JobError> {
+    match value {
         Some(Value::String(page_id)) if is_page_id(&page_id) => Ok(page_id),
         Some(Value::String(page_id)) => Err(JobError::invalid(
             "page_id",
@@ -237,8 +243,8 @@ fn take_page_id(job: &mut Map<String, Value>) -> Result<String, JobError> {
     }
 }
 
-fn take_job_id(job: &mut Map<String, Value>) -> Result<Option<String>, JobError> {
-    match job.shift_remove("job_id") {
+fn job_id_of(value: Option<Value>) -> Result<Option<String>, JobError> {
+    match value {
         Some(Value::String(job_id)) => {
             check_job_id("job_id", &job_id)?;
             Ok(Some(job_id))
@@ -255,7 +261,9 @@ fn check_job_id(path: &'static str, job_id: &str) -> Result<(), JobError> {
     if job_id.is_empty() {
         return Err(JobError::invalid(path, Rule::Empty));
     }
-    if let Some(position) = job_id.chars().position(|c| !(' '..='~').contains(&c)) {
+    // Bytes, not chars: every byte before the first offending one is a one-byte character, so
+    // the byte position is the character position.
+    if let Some(position) = job_id.bytes().position(|b| !(b' '..=b'~').contains(&b)) {
         return Err(JobError::invalid(
             path,
             Rule::NotPrintableAscii {
@@ -276,8 +284,8 @@ fn check_job_id(path: &'static str, job_id: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-fn take_expires_at(job: &mut Map<String, Value>) -> Result<Option<DateTime<Utc>>, JobError> {
-    match job.shift_remove("expires_at") {
+fn expires_at_of(value: Option<Value>) -> Result<Option<DateTime<Utc>>, JobError> {
+    match value {
         Some(Value::String(text)) => parse_rfc3339(&text).map(Some).ok_or_else(|| {
             JobError::invalid(
                 "expires_at",
@@ -341,4 +349,130 @@ fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+// ===== reading the top-level object =====
+
+/// The job's top-level object, read in one pass: the pagerelay fields go straight to their own
+/// slots instead of into the body's map, whence they would have to be removed again (an ordered
+/// map's removal shifts every later field). Everything else is read exactly as
+/// `serde_json::Value` reads an object: a repeated key keeps its first position and its last
+/// value.
+struct TopLevel {
+    page_id: Option<Value>,
+    job_id: Option<Value>,
+    expires_at: Option<Value>,
+    body: Map<String, Value>,
+}
+
+/// What the body turned out to be. A body that is not an object is still read whole, so that a
+/// syntax error anywhere in it is reported as one, as `serde_json::Value` would.
+// Unboxed: it lives only between the parse and the destructuring after it, and a box would be
+// one more allocation per job.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Object(TopLevel),
+    Other(JsonKind),
+}
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParsedVisitor)
+    }
+}
+
+struct ParsedVisitor;
+
+impl<'de> Visitor<'de> for ParsedVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        let mut top = TopLevel {
+            page_id: None,
+            job_id: None,
+            expires_at: None,
+            // Room for a typical job's fields, so that the map is not regrown field by field.
+            body: Map::with_capacity(8),
+        };
+        while let Some(Key(key)) = map.next_key()? {
+            let slot = match &*key {
+                "page_id" => &mut top.page_id,
+                "job_id" => &mut top.job_id,
+                "expires_at" => &mut top.expires_at,
+                _ => {
+                    top.body.insert(key.into_owned(), map.next_value()?);
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(Parsed::Object(top))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed, A::Error> {
+        // Read as `Value` reads it, not skipped: skipping checks less (a number out of range,
+        // for one, is only an error when it is parsed).
+        Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Parsed::Other(JsonKind::Array))
+    }
+
+    fn visit_unit<E>(self) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::Null))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::Bool))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::Number))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::Number))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::Number))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
+        Ok(Parsed::Other(JsonKind::String))
+    }
+}
+
+/// An object key, borrowed from the body unless it holds an escape: only the keys that end up
+/// in the body are copied.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(key)))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(key.to_owned())))
+    }
+
+    fn visit_string<E>(self, key: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(key)))
+    }
 }

@@ -122,35 +122,36 @@ fn recipient(body: &Map<String, Value>) -> Result<String, JobError> {
             },
         ));
     }
-    let found: Vec<&'static str> = RECIPIENT_KEYS
-        .iter()
-        .copied()
-        .filter(|key| recipient.contains_key(*key))
-        .collect();
-    let [kind] = found[..] else {
+    // Every key is a known one by now, so one key is exactly one of them.
+    let mut keys = recipient.iter();
+    let (Some((kind, value)), None) = (keys.next(), keys.next()) else {
         return Err(JobError::invalid(
             "recipient",
             Rule::ExactlyOne {
                 of: RECIPIENT_KEYS,
-                found,
+                found: RECIPIENT_KEYS
+                    .iter()
+                    .copied()
+                    .filter(|key| recipient.contains_key(*key))
+                    .collect(),
             },
         ));
     };
-    let path = format!("recipient.{kind}");
-    let value = match &recipient[kind] {
+    let path = || format!("recipient.{kind}");
+    let value = match value {
         Value::String(value) => value,
         // Numbers are refused on purpose: ids are 15 to 17 digits, past what a JavaScript
         // publisher's numbers hold exactly, and a rounded id is somebody else's.
         other => {
             return Err(JobError::wrong_type(
-                path,
+                path(),
                 "a string (ids as JSON numbers lose digits)",
                 other,
             ));
         }
     };
     if value.is_empty() {
-        return Err(JobError::invalid(path, Rule::Empty));
+        return Err(JobError::invalid(path(), Rule::Empty));
     }
     Ok(format!("{kind}:{value}"))
 }

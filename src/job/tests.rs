@@ -783,6 +783,44 @@ fn send_body_keeps_unknown_fields_in_order_without_pagerelay_fields() {
     assert!(!job.media);
 }
 
+#[test]
+fn a_repeated_key_keeps_its_first_place_and_its_last_value() {
+    // As `serde_json::Value` reads an object, pagerelay fields included; the escaped key is the
+    // same key as the plain one.
+    let text = r#"{
+        "page_id": "9",
+        "alpha": 1,
+        "recipient": {"id": "2"},
+        "job_id": "first",
+        "messaging_type": "UPDATE",
+        "message": {"text": "hi"},
+        "\u0061lpha": 2,
+        "page_id": "104857600000001",
+        "job_\u0069d": "last",
+        "omega": null
+    }"#;
+    let job = assert_valid(Job::decode(text.as_bytes(), &DeliveryMeta::default()));
+    assert_eq!(job.page_id, "104857600000001");
+    assert_eq!(job.job_id, "last");
+    assert_eq!(
+        serde_json::to_string(job.send_body()).unwrap(),
+        r#"{"alpha":2,"recipient":{"id":"2"},"messaging_type":"UPDATE","message":{"text":"hi"},"omega":null}"#
+    );
+}
+
+#[test]
+fn a_body_that_is_not_an_object_is_still_read_whole() {
+    // A syntax error after the first value is a syntax error, not "found an array".
+    assert_refused(
+        Job::decode(b"[1, 1e400]", &DeliveryMeta::default()),
+        "body: not JSON: number out of range at line 1 column 9",
+    );
+    assert_refused(
+        Job::decode(b"[1, {\"a\": }]", &DeliveryMeta::default()),
+        "body: not JSON: expected value at line 1 column 11",
+    );
+}
+
 // ===== properties =====
 
 /// Any JSON value, a few levels deep.
@@ -932,6 +970,57 @@ proptest! {
             content_type: content_type.as_deref(),
         };
         let _ = Job::decode(&body, &meta);
+    }
+
+    /// The one-pass reader of the top-level object agrees with reading the body as a
+    /// `serde_json::Value` and taking the pagerelay fields out of it, on JSON-ish text with
+    /// repeated and escaped keys, syntax errors and bodies that are not objects.
+    #[test]
+    fn the_body_reads_as_a_json_value_reads(
+        text in r#"\{("(page_id|job_id|a|\\u0061|b)": ?("1"|"x"|[0-9]{1,3}|1e400|\[|\{"c":1\}|null),? ?){0,6}\}?|\[1,? ?\]|"s"|-?[0-9]e?"#
+    ) {
+        let reference = serde_json::from_str::<Value>(&text);
+        let decoded = Job::decode(text.as_bytes(), &DeliveryMeta::default());
+        match reference {
+            Err(e) => prop_assert_eq!(
+                decoded.unwrap_err().to_string(),
+                format!("body: not JSON: {e}")
+            ),
+            Ok(Value::Object(mut job)) => {
+                let page_id = job.shift_remove("page_id");
+                let job_id = job.shift_remove("job_id");
+                job.shift_remove("expires_at");
+                match decoded {
+                    Ok(decoded) => {
+                        prop_assert_eq!(Some(Value::from(decoded.page_id.clone())), page_id);
+                        prop_assert_eq!(Some(Value::from(decoded.job_id.clone())), job_id);
+                        prop_assert_eq!(
+                            serde_json::to_string(decoded.send_body()).unwrap(),
+                            serde_json::to_string(&job).unwrap()
+                        );
+                    }
+                    // The same refusal as the reference's fields would get.
+                    Err(e) => {
+                        let mut fields = job.clone();
+                        if let Some(page_id) = page_id {
+                            fields.insert("page_id".into(), page_id);
+                        }
+                        if let Some(job_id) = job_id {
+                            fields.insert("job_id".into(), job_id);
+                        }
+                        let again = Job::decode(
+                            Value::Object(fields).to_string().as_bytes(),
+                            &DeliveryMeta::default(),
+                        );
+                        prop_assert_eq!(e.to_string(), again.unwrap_err().to_string());
+                    }
+                }
+            }
+            Ok(other) => prop_assert_eq!(
+                decoded.unwrap_err().to_string(),
+                format!("body: must be a JSON object, found {}", JsonKind::of(&other))
+            ),
+        }
     }
 
     #[test]
