@@ -530,10 +530,13 @@ impl<'a> Scrubber<'a> {
     }
 }
 
-/// `str::contains`, by `memchr`'s substring search (vectorised, and Rabin-Karp on texts as short
-/// as a receipt's ids) rather than the standard library's two-way search.
+/// `str::contains`, answered without a search when `secret` is longer than `text`.
+///
+/// The standard library's search, not `memchr::memmem`: a one-shot `memmem::find` sets up a
+/// searcher per call, which on texts as short as a receipt's ids costs more than the search
+/// (2,025 checks of a shared request's message ids against its 45 tokens: 75 µs, against 13 µs).
 fn contains(text: &str, secret: &str) -> bool {
-    memchr::memmem::find(text.as_bytes(), secret.as_bytes()).is_some()
+    secret.len() <= text.len() && text.contains(secret)
 }
 
 // ===== impl Usage =====
