@@ -769,10 +769,16 @@ impl Usage {
                 let Ok(DocumentedBusinessUseCases(ids)) = serde_json::from_slice(value) else {
                     return false;
                 };
-                for (business_id, Entries(entries)) in ids {
-                    for Documented(entry) in entries {
+                for (mut business_id, Entries(entries)) in ids {
+                    let last = entries.len().saturating_sub(1);
+                    for (index, Documented(entry)) in entries.into_iter().enumerate() {
                         self.business_use_cases.push(BusinessUseCaseUsage {
-                            business_id: business_id.clone(),
+                            // Almost every id has one entry, which takes the id itself.
+                            business_id: if index == last {
+                                std::mem::take(&mut business_id)
+                            } else {
+                                business_id.clone()
+                            },
                             kind: entry.kind,
                             call_count: figure(entry.call_count),
                             total_cputime: figure(entry.total_cputime),
@@ -932,11 +938,14 @@ impl<'de> Deserialize<'de> for DocumentedBusinessUseCases {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut ids: Vec<(String, Entries)> = Vec::new();
                 while let Some(id) = map.next_key::<String>()? {
-                    // A repeated id replaces the first in a JSON object: the lenient read knows how.
-                    if ids.iter().any(|(seen, _)| *seen == id) {
-                        return Err(de::Error::custom("repeated business id"));
-                    }
                     ids.push((id, map.next_value()?));
+                }
+                // A repeated id replaces the first in a JSON object: the lenient read knows how.
+                // Sorted, not compared pairwise: a shared request's header lists every Page of it.
+                let mut sorted: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+                sorted.sort_unstable();
+                if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+                    return Err(de::Error::custom("repeated business id"));
                 }
                 Ok(DocumentedBusinessUseCases(ids))
             }
@@ -1596,6 +1605,8 @@ mod tests {
             r#"{"1":[{"type":7}]}"#,
             r#"{"1":[[1,2,3,4,5]]}"#,
             r#"{"1":[{"call_count":1}],"1":[{"call_count":2}]}"#,
+            r#"{"2":[{"call_count":1}],"1":[],"3":{"type":"pages"},"2":[{"call_count":2}]}"#,
+            r#"{"3":[{"call_count":1},{"call_count":4}],"1":[],"2":{"type":"pages"}}"#,
             r#"{"1":[{"call_count":1,"call_count":2}]}"#,
             r#"{"id\"q":[{"type":"messenger"}]}"#,
             r#"{"1":"messenger"}"#,

@@ -164,8 +164,11 @@ impl<T: LaneItem> LaneQueue<T> {
         let mut picked = Vec::with_capacity(max.min(self.items.len()));
         // Recipients whose earliest queued job cannot go in this batch: their later jobs wait
         // behind it. Picked recipients are held back the same way.
-        let mut held: HashSet<&str> = HashSet::with_capacity(max.min(self.items.len()));
+        // Only the jobs behind a recipient's first can be held back, so a lane of one job (most
+        // lanes, when Pages are many) never allocates the set.
+        let mut held: HashSet<&str> = HashSet::new();
         let mut media_left = media;
+        let last = self.items.len().saturating_sub(1);
         for (i, queued) in self.items.iter().enumerate() {
             if picked.len() == max {
                 break;
@@ -174,7 +177,12 @@ impl<T: LaneItem> LaneQueue<T> {
             if self.busy.contains(recipient) || held.contains(recipient) {
                 continue;
             }
-            held.insert(recipient);
+            if i < last {
+                if held.is_empty() {
+                    held.reserve(max.min(self.items.len() - i));
+                }
+                held.insert(recipient);
+            }
             if queued.item.is_media() {
                 if media_left == 0 {
                     continue;

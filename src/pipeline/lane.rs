@@ -172,23 +172,30 @@ impl Lane {
             if wake < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(wake);
             }
-            tokio::select! {
+            let received = tokio::select! {
                 biased;
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => Some(msg),
                     None => break,
                 },
                 permit = wait_permit(&mut self.waiting_permit) => {
                     self.waiting_permit = None;
                     self.permit = permit.ok();
+                    None
                 }
-                () = &mut cancelled, if !self.queue.is_empty() => {}
-                () = &mut timer => {}
+                () = &mut cancelled, if !self.queue.is_empty() => None,
+                () = &mut timer => None,
+            };
+            // One reading of the clock for the whole pass: the pass does not wait, and a lane
+            // makes a pass for nearly every job.
+            let now = Instant::now();
+            if let Some(msg) = received {
+                self.handle(msg, now);
             }
             // Take whatever else arrived before deciding, so a burst becomes one batch.
             for _ in 0..4096 {
                 match self.rx.try_recv() {
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => self.handle(msg, now),
                     Err(_) => break,
                 }
             }
@@ -204,30 +211,30 @@ impl Lane {
                 }
                 continue;
             }
-            self.step();
+            self.step(now);
             self.flush_parking();
             self.page
                 .lane_depth
                 .store(self.queue.len(), Ordering::Relaxed);
             if self.queue.is_empty() && self.parking.is_empty() && self.batches_in_flight == 0 {
-                if self.idle_since.elapsed() >= idle_ttl
+                if now.saturating_duration_since(self.idle_since) >= idle_ttl
                     && self.shared.lanes.remove_if_idle(&self.page.id, &self.rx)
                 {
                     break;
                 }
             } else {
-                self.idle_since = Instant::now();
+                self.idle_since = now;
             }
         }
         self.page.lane_depth.store(0, Ordering::Relaxed);
     }
 
-    fn handle(&mut self, msg: LaneMsg) {
+    fn handle(&mut self, msg: LaneMsg, now: Instant) {
         match msg {
             LaneMsg::Job(envelope) => {
                 self.generation = self.generation.max(envelope.origin.generation);
                 if envelope.origin.generation == self.generation {
-                    self.queue.push(envelope, Instant::now());
+                    self.queue.push(envelope, now);
                 }
             }
             LaneMsg::Done { recipients } => {
@@ -252,9 +259,8 @@ impl Lane {
     }
 
     /// Parks what does not fit and starts the batches that may go.
-    fn step(&mut self) {
+    fn step(&mut self, now: Instant) {
         self.wake_at = None;
-        let now = Instant::now();
         let shared = self.shared.clone();
         let pipeline = &shared.settings.pipeline;
         let probe = match self.page.admission(now) {
