@@ -261,6 +261,10 @@ impl Lane {
     /// Parks what does not fit and starts the batches that may go.
     fn step(&mut self, now: Instant) {
         self.wake_at = None;
+        // A lane wakes for every settled batch, mostly to an empty queue: nothing to shed or send.
+        if self.queue.is_empty() {
+            return;
+        }
         let shared = self.shared.clone();
         let pipeline = &shared.settings.pipeline;
         let probe = match self.page.admission(now) {

@@ -219,7 +219,7 @@ impl Shared {
             }
         }
         let label = self.labels.label(&page.id);
-        metrics::counter!(telemetry::OPERATIONS, "outcome" => Settled::Delivered.label(), "page" => label.to_string())
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => Settled::Delivered.label(), "page" => label)
             .increment(acked);
     }
 
@@ -228,7 +228,7 @@ impl Shared {
             Some(page) => self.labels.label(&page.id),
             None => Arc::from(telemetry::OTHER_PAGES),
         };
-        metrics::counter!(telemetry::OPERATIONS, "outcome" => settled.label(), "page" => page.to_string())
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => settled.label(), "page" => page)
             .increment(1);
         match settled {
             Settled::DeadLettered(reason) => {

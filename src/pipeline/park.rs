@@ -210,7 +210,7 @@ impl Shared {
             return;
         }
         let outcome = Settled::Parked(ParkReason::Budget).label();
-        metrics::counter!(telemetry::OPERATIONS, "outcome" => outcome, "page" => label.to_string())
+        metrics::counter!(telemetry::OPERATIONS, "outcome" => outcome, "page" => label)
             .increment(total);
         for (reason, n) in ParkReason::LABELS.iter().zip(parked) {
             if *n > 0 {

@@ -26,11 +26,15 @@ pub struct PageConfig {
     pub auth: PageAuth,
     pub audience: Audience,
     pub ceilings: Ceilings,
+    /// A short fingerprint of the token, to notice rotations without keeping or logging it.
+    /// Computed once: every settled batch reports to its Page's circuit with it.
+    token_fingerprint: u64,
 }
 
 impl PageConfig {
     fn new(page: &PageSettings, limits: &LimitSettings, app_secret: Option<&SecretString>) -> Self {
         PageConfig {
+            token_fingerprint: fingerprint(page.token()),
             auth: PageAuth::new(page.token().clone(), app_secret),
             audience: page.audience,
             ceilings: Ceilings {
@@ -42,13 +46,16 @@ impl PageConfig {
         }
     }
 
-    /// A short fingerprint of the token, to notice rotations without keeping or logging it.
     fn token_fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.auth.token().expose_secret().hash(&mut h);
-        h.finish()
+        self.token_fingerprint
     }
+}
+
+fn fingerprint(token: &SecretString) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.expose_secret().hash(&mut h);
+    h.finish()
 }
 
 /// Whether a Page may send now.
