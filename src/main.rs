@@ -179,7 +179,8 @@ struct FilterArgs {
     /// Letters dead-lettered at most this long ago.
     #[arg(long, value_name = "AGE", value_parser = dlq::filter::parse_age)]
     newer_than: Option<Duration>,
-    /// The letter of this job (the body's job_id or the message_id; repeatable).
+    /// The letter of this job (the body's job_id or the message_id, also of a job inside a park
+    /// bundle, which then moves whole; repeatable).
     #[arg(long = "job-id", value_name = "JOB_ID")]
     job_ids: Vec<String>,
 }

@@ -835,3 +835,111 @@ async fn scans_read_past_the_brokers_credit_in_rounds_and_keep_the_order() {
     assert!(kept.iter().all(|l| l.int("x-delivery-count") == Some(3)));
     broker::delete_topology(&prefix).await;
 }
+
+/// A park bundle the broker dead-lettered whole (after its delivery limit): the jobs `ids` of
+/// `page`, each with the attempt count it was parked with.
+fn dead_bundle(
+    page: &str,
+    ids: &[&str],
+    jobs_queue: &str,
+) -> (String, Vec<u8>, lapin::BasicProperties) {
+    use pagerelay::amqp::bundle;
+    let pieces: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut table = lapin::types::FieldTable::default();
+            h::set_int(&mut table, h::ATTEMPTS, i as i64 + 1);
+            let (_, body, properties) =
+                jobs::dead_letter(&jobs::text_job(page, "7000001", id), table);
+            (properties, body)
+        })
+        .collect();
+    let body = bundle::encode(pieces.iter().map(|(p, b)| (p, b.as_slice())));
+    let mut table = jobs::broker_dead_headers(jobs_queue, "delivery_limit");
+    h::set_str(&mut table, h::PAGE_ID, page);
+    bundle::mark(&mut table, ids.len());
+    let properties = lapin::BasicProperties::default()
+        .with_content_type(bundle::CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_headers(table);
+    (page.to_string(), body, properties)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_shows_the_jobs_inside_a_dead_lettered_bundle_and_finds_them_by_id() {
+    let prefix = broker::unique_prefix("dlq-bundle");
+    let conn = broker::connect().await;
+    let topology = jobs::topology(&prefix, 1);
+    topology.declare(&conn).await.unwrap();
+    let page = "104857600000001";
+    let jobs_queue = topology.job_queues().remove(0);
+    let (_, mut cut, cut_properties) = dead_bundle(page, &["c-1", "c-2"], &jobs_queue);
+    cut.truncate(cut.len() - 3);
+    let letters = vec![
+        jobs::dead_letter(
+            &jobs::text_job(page, "1", "plain-1"),
+            jobs::dead_headers("permanent", page, Some(551)),
+        ),
+        dead_bundle(page, &["b-1", "b-2", "b-3"], &jobs_queue),
+        (page.to_string(), cut, cut_properties),
+    ];
+    jobs::publish_dead(&conn, &topology, &letters).await;
+    let cli = Cli::standalone(&prefix);
+
+    let lines = cli.run(&["dlq", "peek"]).await.expect_code(0).json_lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].get("bundle").is_none(), "{}", lines[0]);
+    let bundle = &lines[1];
+    assert_eq!(bundle["reason"], "broker:delivery_limit");
+    assert_eq!(bundle["page_id"], page);
+    assert_eq!(bundle["job"], Value::Null);
+    assert_eq!(bundle["bundle"]["jobs"], 3);
+    let members = bundle["bundle"]["members"].as_array().unwrap();
+    assert_eq!(
+        job_ids_of(members),
+        ["b-1", "b-2", "b-3"],
+        "the jobs inside, in bundle order"
+    );
+    assert_eq!(members[2]["attempts"], 3);
+    assert_eq!(members[2]["message_id"], "b-3");
+    assert_eq!(members[2]["job"]["recipient"]["id"], "7000001");
+    assert_eq!(
+        lines[2]["bundle"],
+        json!({"jobs": 2, "unreadable": "piece 1 is cut short"})
+    );
+
+    // --job-id finds a job inside a readable bundle; the bundle is the letter shown (and moved).
+    let found = cli
+        .run(&["dlq", "peek", "--job-id", "b-2"])
+        .await
+        .expect_code(0)
+        .json_lines();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["bundle"]["jobs"], 3);
+    let dry = cli
+        // No daemon to ask about the Page: --force, which a dry run only reports.
+        .run(&["replay", "--job-id", "b-2", "--dry-run", "--force"])
+        .await
+        .expect_code(0)
+        .json_lines();
+    assert_eq!(dry.len(), 1, "{dry:?}");
+    assert_eq!(dry[0]["action"], "would_move");
+    assert_eq!(dry[0]["bundle"]["jobs"], 3);
+    let none = cli
+        .run(&["dlq", "peek", "--job-id", "c-2"])
+        .await
+        .expect_code(0);
+    assert!(
+        none.stdout.is_empty(),
+        "nothing inside an unreadable bundle is found: {}",
+        none.stdout
+    );
+
+    assert_eq!(
+        jobs::depth(&conn, &topology.dead_queue()).await,
+        3,
+        "peeks move nothing"
+    );
+    broker::delete_topology(&prefix).await;
+}

@@ -35,7 +35,7 @@ pub struct Piece {
 }
 
 /// Why a bundle's body could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
     #[error("the body does not start with the bundle marker")]
     Magic,

@@ -118,7 +118,7 @@ pub struct Filter {
     pub older_than: Option<Duration>,
     /// Dead-lettered at most this long ago.
     pub newer_than: Option<Duration>,
-    /// The body's `job_id` or the `message_id`.
+    /// The body's `job_id` or the `message_id`, of the letter or of a job in its bundle.
     pub job_ids: Vec<String>,
 }
 
@@ -154,16 +154,19 @@ impl Filter {
                 .newer_than
                 .is_none_or(|max| age.is_some_and(|age| age <= max))
             && (self.job_ids.is_empty()
-                || self.job_ids.iter().any(|id| {
-                    letter.job_id.as_deref() == Some(id.as_str())
-                        || letter.message_id.as_deref() == Some(id.as_str())
-                }))
+                || std::iter::once(letter)
+                    .chain(letter.bundled())
+                    .any(|job| self.job_ids.iter().any(|id| has_id(job, id))))
     }
+}
+
+fn has_id(letter: &Letter, id: &str) -> bool {
+    letter.job_id.as_deref() == Some(id) || letter.message_id.as_deref() == Some(id)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::letter::tests::{broker_letter, pagerelay_letter};
+    use super::super::letter::tests::{broker_letter, bundle_letter, pagerelay_letter};
     use super::*;
     use crate::amqp::headers::parse_time;
 
@@ -259,6 +262,11 @@ mod tests {
         };
         assert!(by_job("j-a").matches(&a, now));
         assert!(!by_job("j-b").matches(&a, now));
+        // A bundle is found by any job in it, and only by those.
+        let bundle = bundle_letter("1001", &["p-1", "p-2"], 0);
+        assert!(by_job("p-2").matches(&bundle, now));
+        assert!(!by_job("p-3").matches(&bundle, now));
+        assert!(!by_job("p-2").matches(&bundle_letter("1001", &["p-1", "p-2"], 3), now));
 
         let broker = broker_letter("1003");
         let filter = Filter {

@@ -15,6 +15,10 @@
 //! `expired`) that say nothing about why it died. For the same reason `x-first-death-reason` is
 //! only a fallback: it records the *first* death ever, which for a parked job is a tier expiry.
 //!
+//! A park bundle (`x-pagerelay-bundle`, see `amqp::bundle`) reaches the queue whole; its jobs are
+//! read as letters of their own, with the properties they were bundled with, so that an operator
+//! sees what is inside and `--job-id` finds a job in one. The bundle stays the unit a replay moves.
+//!
 //! Reading is lenient like the rest of the header code: anything missing or malformed reads as
 //! absent, never as an error, because a dead-letter queue is exactly where malformed messages end
 //! up. It does not decide what to do with a letter (see `filter` and `replay`).
@@ -26,6 +30,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
+use crate::amqp::bundle;
 use crate::amqp::headers::{self, DeadLetterReason, ErrorContext};
 
 /// The broker's dead-lettering history header: an array of tables, newest first.
@@ -101,12 +106,41 @@ pub struct Letter {
     /// `x-delivery-count`: how many times the dead-letter queue handed it out and got it back
     /// (every `dlq stats`, `dlq peek` and `replay` pass counts once).
     pub delivery_count: Option<i64>,
+    /// For a park bundle: what it holds.
+    pub bundle: Option<Bundle>,
     json: Option<Value>,
+}
+
+/// A dead-lettered park bundle: the jobs its header declares, and what its body holds.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The `x-pagerelay-bundle` header's count.
+    pub declared: usize,
+    /// Its jobs, each read as a letter (never a bundle itself), or why the body cannot be read.
+    pub jobs: Result<Vec<Letter>, bundle::BundleError>,
 }
 
 impl Letter {
     /// Reads a letter from a delivery's parts.
     pub fn new(body: Vec<u8>, routing_key: &str, properties: BasicProperties) -> Letter {
+        let mut letter = Letter::read(body, routing_key, properties);
+        letter.bundle =
+            bundle::count(letter.properties.headers().as_ref()).map(|declared| Bundle {
+                declared,
+                jobs: bundle::decode(&letter.body, declared).map(|pieces| {
+                    pieces
+                        .into_iter()
+                        // Not `new`: a piece marked as a bundle is still read as a job, so a crafted
+                        // letter cannot nest without end.
+                        .map(|piece| Letter::read(piece.body, routing_key, piece.properties))
+                        .collect()
+                }),
+            });
+        letter
+    }
+
+    /// Reads a letter from a delivery's parts, without looking inside a bundle.
+    fn read(body: Vec<u8>, routing_key: &str, properties: BasicProperties) -> Letter {
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let table = properties.headers().clone().unwrap_or_default();
         let h = Some(&table);
@@ -153,6 +187,7 @@ impl Letter {
                 .max(0),
             replayed_at: time(headers::REPLAYED_AT),
             delivery_count: headers::get_int(h, X_DELIVERY_COUNT),
+            bundle: None,
             json,
             body,
             properties,
@@ -179,18 +214,29 @@ impl Letter {
         self.job_id.as_deref().or(self.message_id.as_deref())
     }
 
-    /// The body as JSON when it is JSON, else as a (lossy) string.
+    /// The body as JSON when it is JSON, else as a (lossy) string; `null` for a readable bundle,
+    /// whose jobs are in [`bundled`](Self::bundled).
     pub fn job(&self) -> Value {
-        match &self.json {
-            Some(value) => value.clone(),
-            None => Value::String(String::from_utf8_lossy(&self.body).into_owned()),
+        match (&self.json, &self.bundle) {
+            (Some(value), _) => value.clone(),
+            (None, Some(Bundle { jobs: Ok(_), .. })) => Value::Null,
+            (None, _) => Value::String(String::from_utf8_lossy(&self.body).into_owned()),
         }
     }
 
-    /// The letter as one line of `dlq peek` output.
+    /// The jobs inside a readable bundle; none for any other letter.
+    pub fn bundled(&self) -> &[Letter] {
+        match &self.bundle {
+            Some(Bundle { jobs: Ok(jobs), .. }) => jobs,
+            _ => &[],
+        }
+    }
+
+    /// The letter as one line of `dlq peek` output. A bundle adds `bundle`: the declared count,
+    /// and each job (its ids, Page, attempts and body) or why they cannot be read.
     pub fn to_json(&self) -> Value {
         let time = |t: Option<DateTime<Utc>>| t.map(headers::format_time);
-        json!({
+        let mut line = json!({
             "message_id": self.message_id,
             "job_id": self.job_id(),
             "page_id": self.page_id,
@@ -207,7 +253,24 @@ impl Letter {
             "replayed_at": time(self.replayed_at),
             "delivery_count": self.delivery_count,
             "job": self.job(),
-        })
+        });
+        if let Some(bundle) = &self.bundle {
+            line["bundle"] = match &bundle.jobs {
+                Ok(jobs) => json!({
+                    "jobs": bundle.declared,
+                    "members": jobs.iter().map(|job| json!({
+                        "message_id": job.message_id,
+                        "job_id": job.job_id(),
+                        "page_id": job.page_id,
+                        "attempts": job.attempts,
+                        "first_attempt_at": time(job.first_attempt_at),
+                        "job": job.job(),
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(error) => json!({"jobs": bundle.declared, "unreadable": error.to_string()}),
+            };
+        }
+        line
     }
 }
 
@@ -411,5 +474,101 @@ pub(crate) mod tests {
             Reason::OtherPagerelay("from_the_future".into())
         );
         assert_eq!(letter.job(), Value::String("\u{fffd}\u{fffd}".into()));
+    }
+
+    /// A bundle dead-lettered whole, as the broker would after its delivery limit: the jobs
+    /// `ids`, each with its own message id and attempts.
+    pub(crate) fn bundle_letter(page: &str, ids: &[&str], cut: usize) -> Letter {
+        let pieces: Vec<(BasicProperties, Vec<u8>)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut table = FieldTable::default();
+                headers::set_int(&mut table, headers::ATTEMPTS, i as i64 + 1);
+                let body = json!({"page_id": page, "job_id": id, "recipient": {"id": "7"}});
+                (
+                    BasicProperties::default()
+                        .with_message_id((*id).into())
+                        .with_headers(table),
+                    body.to_string().into_bytes(),
+                )
+            })
+            .collect();
+        let mut body = bundle::encode(pieces.iter().map(|(p, b)| (p, b.as_slice())));
+        body.truncate(body.len() - cut);
+        let mut table = FieldTable::default();
+        table.insert(
+            X_DEATH.into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death(
+                "relay.jobs",
+                "delivery_limit",
+                1_795_000_000,
+            )])),
+        );
+        headers::set_str(&mut table, headers::PAGE_ID, page);
+        bundle::mark(&mut table, ids.len());
+        Letter::new(
+            body,
+            page,
+            BasicProperties::default()
+                .with_content_type(bundle::CONTENT_TYPE.into())
+                .with_headers(table),
+        )
+    }
+
+    #[test]
+    fn a_bundle_shows_the_jobs_inside_it() {
+        let letter = bundle_letter("1001", &["p-1", "p-2"], 0);
+        assert_eq!(letter.reason.label(), "broker:delivery_limit");
+        assert_eq!(letter.page_id.as_deref(), Some("1001"));
+        let jobs: Vec<_> = letter.bundled().iter().map(Letter::job_id).collect();
+        assert_eq!(jobs, [Some("p-1"), Some("p-2")]);
+
+        let line = letter.to_json();
+        assert_eq!(line["job"], Value::Null, "not the bundle's binary body");
+        assert_eq!(line["bundle"]["jobs"], 2);
+        let members = line["bundle"]["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[1]["job_id"], "p-2");
+        assert_eq!(members[1]["message_id"], "p-2");
+        assert_eq!(members[1]["page_id"], "1001");
+        assert_eq!(members[1]["attempts"], 2);
+        assert_eq!(members[1]["job"]["recipient"]["id"], "7");
+        // The bundle's own fields are still its own.
+        assert_eq!(line["reason"], "broker:delivery_limit");
+        assert_eq!(line["job_id"], Value::Null);
+    }
+
+    #[test]
+    fn an_unreadable_bundle_says_why_and_keeps_its_body() {
+        let letter = bundle_letter("1001", &["p-1", "p-2"], 3);
+        assert!(letter.bundled().is_empty());
+        let line = letter.to_json();
+        assert_eq!(
+            line["bundle"],
+            json!({"jobs": 2, "unreadable": "piece 1 is cut short"})
+        );
+        assert!(
+            line["job"].is_string(),
+            "the raw body, as for any non-JSON letter"
+        );
+
+        // Ordinary letters have no `bundle` at all.
+        let plain = pagerelay_letter("permanent", "1001", "j-1").to_json();
+        assert!(plain.get("bundle").is_none());
+    }
+
+    #[test]
+    fn a_bundle_inside_a_bundle_is_read_as_a_job() {
+        let inner = bundle_letter("1001", &["p-1"], 0);
+        let body = bundle::encode([(&inner.properties, inner.body.as_slice())]);
+        let mut table = FieldTable::default();
+        bundle::mark(&mut table, 1);
+        let outer = Letter::new(body, "1001", BasicProperties::default().with_headers(table));
+        let [piece] = outer.bundled() else {
+            panic!("one piece: {:?}", outer.bundle)
+        };
+        assert!(piece.bundle.is_none(), "not opened again");
+        assert!(piece.bundled().is_empty());
     }
 }
