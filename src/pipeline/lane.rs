@@ -163,11 +163,13 @@ impl Lane {
         // Armed once and moved only when an earlier wake is wanted: a lane wakes for nearly
         // every job, and a new timer or cancellation waiter per pass is a timer-wheel update
         // and a waiter-list update per job. A wake that is no longer wanted is one spare pass.
-        let timer = sleep_until(Instant::now() + TICK);
+        let mut now = Instant::now();
+        let timer = sleep_until(now + TICK);
         let cancelled = stopping.clone().cancelled_owned();
         tokio::pin!(timer, cancelled);
         loop {
-            let now = Instant::now();
+            // `now` is the reading of the pass just made, which did not wait: a wake set from it
+            // is at most that pass early, and an early wake is one spare pass.
             let wake = self.wake_at.unwrap_or(now + TICK).min(now + TICK).max(now);
             if wake < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(wake);
@@ -188,7 +190,7 @@ impl Lane {
             };
             // One reading of the clock for the whole pass: the pass does not wait, and a lane
             // makes a pass for nearly every job.
-            let now = Instant::now();
+            now = Instant::now();
             if let Some(msg) = received {
                 self.handle(msg, now);
             }
@@ -209,6 +211,8 @@ impl Lane {
                 {
                     break;
                 }
+                // The hand-back waited for its parks.
+                now = Instant::now();
                 continue;
             }
             self.step(now);
