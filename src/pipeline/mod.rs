@@ -219,8 +219,10 @@ impl Shared {
             }
         }
         let label = self.labels.label(&page.id);
-        metrics::counter!(telemetry::OPERATIONS, "outcome" => Settled::Delivered.label(), "page" => label)
-            .increment(acked);
+        page.delivered_counter(&label, || {
+            metrics::counter!(telemetry::OPERATIONS, "outcome" => Settled::Delivered.label(), "page" => label.clone())
+        })
+        .increment(acked);
     }
 
     fn record(&self, settled: Settled, job: Option<&Job>, state: &JobState, delivery: &Delivery) {

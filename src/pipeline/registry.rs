@@ -310,6 +310,9 @@ pub struct PageState {
     pub lane_depth: AtomicUsize,
     /// Operations sent and jobs consumed, for the cardinality guard's ranking.
     pub volume: AtomicU64,
+    /// The delivered-operations counter under the Page's current label, kept because every
+    /// settled batch bumps it and a counter found by name costs a key, a hash and a lock.
+    delivered: Mutex<Option<(Arc<str>, metrics::Counter)>>,
 }
 
 impl PageState {
@@ -332,6 +335,25 @@ impl PageState {
             audience: AtomicU64::new(audience),
             lane_depth: AtomicUsize::new(0),
             volume: AtomicU64::new(0),
+            delivered: Mutex::new(None),
+        }
+    }
+
+    /// The delivered-operations counter labelled `label`: the one kept, or a new one from
+    /// `register` when the Page's label changed (the cardinality guard reranked).
+    pub fn delivered_counter(
+        &self,
+        label: &Arc<str>,
+        register: impl FnOnce() -> metrics::Counter,
+    ) -> metrics::Counter {
+        let mut kept = self.delivered.lock().expect("not poisoned");
+        match &*kept {
+            Some((kept_label, counter)) if kept_label == label => counter.clone(),
+            _ => {
+                let counter = register();
+                *kept = Some((label.clone(), counter.clone()));
+                counter
+            }
         }
     }
 
@@ -476,6 +498,39 @@ mod tests {
 
     fn retry() -> RetrySettings {
         Settings::load(&LoadOptions::default()).unwrap().retry
+    }
+
+    #[test]
+    fn the_delivered_counter_is_registered_once_per_label() {
+        let settings = Settings::load(&LoadOptions::default()).unwrap();
+        let page = PageSettings {
+            id: "1001".into(),
+            token: SecretString::from("token-1001"),
+            token_source: crate::config::SecretSource::Env("T".into()),
+            audience: Audience::Fixed(1000),
+            rps: None,
+            media_rps: None,
+        };
+        let state = PageState::new(&page, &settings);
+        let registered = std::cell::Cell::new(0);
+        let counter_for = |label: &str| {
+            state
+                .delivered_counter(&Arc::from(label), || {
+                    registered.set(registered.get() + 1);
+                    metrics::Counter::noop()
+                })
+                .increment(1);
+            registered.get()
+        };
+        assert_eq!(counter_for("1001"), 1);
+        assert_eq!(counter_for("1001"), 1, "kept");
+        assert_eq!(
+            counter_for("other"),
+            2,
+            "reranked out: a new label, a new counter"
+        );
+        assert_eq!(counter_for("other"), 2);
+        assert_eq!(counter_for("1001"), 3, "and back");
     }
 
     #[tokio::test(start_paused = true)]
