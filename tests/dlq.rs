@@ -65,6 +65,16 @@ fn job_ids_of(lines: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// A fresh one-shard topology for `test`, declared on a connection of its own: for the tests that
+/// work on the dead-letter queue with no daemon.
+async fn declared_topology(test: &str) -> (String, lapin::Connection, pagerelay::amqp::Topology) {
+    let prefix = broker::unique_prefix(test);
+    let conn = broker::connect().await;
+    let topology = jobs::topology(&prefix, 1);
+    topology.declare(&conn).await.unwrap();
+    (prefix, conn, topology)
+}
+
 /// A job the broker itself dead-letters: published to the jobs queue of a topology with a
 /// delivery limit of 1 and handed back twice, before any daemon consumes.
 async fn broker_dead_letter(conn: &lapin::Connection, prefix: &str, job: &Value) {
@@ -430,10 +440,7 @@ async fn a_replay_refuses_a_paused_page_then_moves_exactly_its_token_invalid_let
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_move_nothing_limits_move_exactly_and_replays_start_over() {
-    let prefix = broker::unique_prefix("dlq-limit");
-    let conn = broker::connect().await;
-    let topology = jobs::topology(&prefix, 1);
-    topology.declare(&conn).await.unwrap();
+    let (prefix, conn, topology) = declared_topology("dlq-limit").await;
     let page = "104857600000001";
     let dead = topology.dead_queue();
     let jobs_queue = topology.job_queues().remove(0);
@@ -748,10 +755,7 @@ async fn scans_read_past_the_brokers_credit_in_rounds_and_keep_the_order() {
     use pagerelay::dlq::{DeadLetters, Filter, Overrides, PageCheck, ReplayOptions};
     use tokio_util::sync::CancellationToken;
 
-    let prefix = broker::unique_prefix("dlq-rounds");
-    let conn = broker::connect().await;
-    let topology = jobs::topology(&prefix, 1);
-    topology.declare(&conn).await.unwrap();
+    let (prefix, conn, topology) = declared_topology("dlq-rounds").await;
     let dead = topology.dead_queue();
     let (a, b) = ("104857600000001", "104857600000002");
     // More than the 2,000 deliveries a 3.10 quorum queue hands a consumer with no prefetch limit.
@@ -868,10 +872,7 @@ fn dead_bundle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peek_shows_the_jobs_inside_a_dead_lettered_bundle_and_finds_them_by_id() {
-    let prefix = broker::unique_prefix("dlq-bundle");
-    let conn = broker::connect().await;
-    let topology = jobs::topology(&prefix, 1);
-    topology.declare(&conn).await.unwrap();
+    let (prefix, conn, topology) = declared_topology("dlq-bundle").await;
     let page = "104857600000001";
     let jobs_queue = topology.job_queues().remove(0);
     let (_, mut cut, cut_properties) = dead_bundle(page, &["c-1", "c-2"], &jobs_queue);
