@@ -862,12 +862,11 @@ fn dead_bundle(
     let body = bundle::encode(pieces.iter().map(|(p, b)| (p, b.as_slice())));
     let mut table = jobs::broker_dead_headers(jobs_queue, "delivery_limit");
     h::set_str(&mut table, h::PAGE_ID, page);
-    bundle::mark(&mut table, ids.len());
-    let properties = lapin::BasicProperties::default()
-        .with_content_type(bundle::CONTENT_TYPE.into())
-        .with_delivery_mode(2)
-        .with_headers(table);
-    (page.to_string(), body, properties)
+    (
+        page.to_string(),
+        body,
+        jobs::bundle_properties(table, ids.len()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,12 +33,7 @@ fn piece_properties(case: &str) -> BasicProperties {
 }
 
 fn bundle_properties(count: usize) -> BasicProperties {
-    let mut table = FieldTable::default();
-    bundle::mark(&mut table, count);
-    BasicProperties::default()
-        .with_content_type(bundle::CONTENT_TYPE.into())
-        .with_delivery_mode(2)
-        .with_headers(table)
+    jobs::bundle_properties(FieldTable::default(), count)
 }
 
 fn job_body(page: &str, id: &str) -> Vec<u8> {

@@ -45,10 +45,6 @@ impl PageConfig {
             },
         }
     }
-
-    fn token_fingerprint(&self) -> u64 {
-        self.token_fingerprint
-    }
 }
 
 fn fingerprint(token: &SecretString) -> u64 {
@@ -379,7 +375,7 @@ impl PageState {
 
     /// Applies a batch's signal; logs a state change once.
     pub fn signal(&self, signal: Signal, retry: &RetrySettings) {
-        let fingerprint = self.config().token_fingerprint();
+        let fingerprint = self.config().token_fingerprint;
         let change = self.with_control(|c| c.apply(signal, Instant::now(), retry, fingerprint));
         if let Some(change) = change {
             match signal {
@@ -403,7 +399,7 @@ impl PageState {
 
     fn reconfigure(&self, page: &PageSettings, settings: &Settings) {
         let config = PageConfig::new(page, &settings.limits, settings.graph.app_secret.as_ref());
-        let fingerprint = config.token_fingerprint();
+        let fingerprint = config.token_fingerprint;
         let old = self.config();
         let audience = match page.audience {
             Audience::Fixed(n) => n,
