@@ -138,8 +138,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// Count the dead letters by reason, by error code and by Page, with the oldest and newest
-    /// dead-lettering times.
+    /// Count the dead letters' jobs by reason, by error code and by Page, with the oldest and
+    /// newest dead-lettering times (a park bundle counts once for each job in it).
     Stats {
         /// Print one JSON object instead of tables.
         #[arg(long)]

@@ -936,10 +936,23 @@ async fn peek_shows_the_jobs_inside_a_dead_lettered_bundle_and_finds_them_by_id(
         none.stdout
     );
 
+    // Stats count the jobs inside: one plain letter, three and two (as declared) in bundles.
+    let stats = cli.run(&["dlq", "stats", "--json"]).await.expect_code(0);
+    let stats: Value = serde_json::from_str(stats.stdout.trim()).unwrap();
+    assert_eq!(
+        (&stats["scanned"], &stats["jobs"], &stats["bundles"]),
+        (&json!(3), &json!(6), &json!(2))
+    );
+    assert_eq!(
+        stats["by_reason"],
+        json!({"broker:delivery_limit": 5, "permanent": 1})
+    );
+    assert_eq!(stats["by_page"], json!([{"page_id": page, "count": 6}]));
+
     assert_eq!(
         jobs::depth(&conn, &topology.dead_queue()).await,
         3,
-        "peeks move nothing"
+        "peeks and stats move nothing"
     );
     broker::delete_topology(&prefix).await;
 }

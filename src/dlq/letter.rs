@@ -232,6 +232,16 @@ impl Letter {
         }
     }
 
+    /// How many jobs the letter holds: one, or a park bundle's count — its members when its body
+    /// can be read, else what its header declares (at least one: the letter itself is there).
+    pub fn job_count(&self) -> usize {
+        match &self.bundle {
+            None => 1,
+            Some(Bundle { jobs: Ok(jobs), .. }) => jobs.len(),
+            Some(Bundle { declared, .. }) => (*declared).max(1),
+        }
+    }
+
     /// The letter as one line of `dlq peek` output. A bundle adds `bundle`: the declared count,
     /// and each job (its ids, Page, attempts and body) or why they cannot be read.
     pub fn to_json(&self) -> Value {
@@ -523,6 +533,7 @@ pub(crate) mod tests {
         assert_eq!(letter.page_id.as_deref(), Some("1001"));
         let jobs: Vec<_> = letter.bundled().iter().map(Letter::job_id).collect();
         assert_eq!(jobs, [Some("p-1"), Some("p-2")]);
+        assert_eq!(letter.job_count(), 2);
 
         let line = letter.to_json();
         assert_eq!(line["job"], Value::Null, "not the bundle's binary body");
@@ -543,6 +554,7 @@ pub(crate) mod tests {
     fn an_unreadable_bundle_says_why_and_keeps_its_body() {
         let letter = bundle_letter("1001", &["p-1", "p-2"], 3);
         assert!(letter.bundled().is_empty());
+        assert_eq!(letter.job_count(), 2, "as declared");
         let line = letter.to_json();
         assert_eq!(
             line["bundle"],
@@ -554,8 +566,9 @@ pub(crate) mod tests {
         );
 
         // Ordinary letters have no `bundle` at all.
-        let plain = pagerelay_letter("permanent", "1001", "j-1").to_json();
-        assert!(plain.get("bundle").is_none());
+        let plain = pagerelay_letter("permanent", "1001", "j-1");
+        assert_eq!(plain.job_count(), 1);
+        assert!(plain.to_json().get("bundle").is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `pagerelay dlq stats`: what is in the dead-letter queue, counted by reason, by error code and
 //! by Page, with the oldest and newest dead-lettering times — from one full scan that leaves
-//! every message in place.
+//! every message in place. The breakdowns count jobs, so a dead-lettered park bundle counts once
+//! for each job in it, under the bundle's reason, code and Page.
 //!
 //! [`Tally`] is the pure part (counting letters); [`DeadLetters::stats`] runs the scan. Rendering for humans
 //! and the JSON shape for scripts are both here, so they cannot drift apart.
@@ -68,10 +69,14 @@ pub struct Stats {
     pub depth: u32,
     /// Messages the scan read (less than `depth` only if another client took some meanwhile).
     pub scanned: u64,
+    /// The jobs in them: one per message, and a park bundle's count for each bundle.
+    pub jobs: u64,
+    /// How many of the messages are park bundles.
+    pub bundles: u64,
     pub by_reason: Counts,
     /// `CODE` or `CODE/SUBCODE`; letters without an error code count as `none`.
     pub by_error_code: Counts,
-    /// The top N Pages; a letter without a readable Page counts under its routing key.
+    /// The top N Pages by jobs; a letter without a readable Page counts under its routing key.
     pub by_page: Vec<PageCount>,
     pub other_pages: OtherPages,
     pub distinct_pages: u64,
@@ -96,6 +101,8 @@ fn time_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::
 #[derive(Debug, Default)]
 pub struct Tally {
     scanned: u64,
+    jobs: u64,
+    bundles: u64,
     by_reason: HashMap<String, u64>,
     by_code: HashMap<String, u64>,
     by_page: HashMap<String, u64>,
@@ -107,18 +114,21 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&mut self, letter: &Letter) {
+        let jobs = letter.job_count() as u64;
         self.scanned += 1;
-        *self.by_reason.entry(letter.reason.label()).or_default() += 1;
+        self.jobs += jobs;
+        self.bundles += u64::from(letter.bundle.is_some());
+        *self.by_reason.entry(letter.reason.label()).or_default() += jobs;
         let code = match (letter.error.code, letter.error.subcode) {
             (Some(code), Some(sub)) => format!("{code}/{sub}"),
             (Some(code), None) => code.to_string(),
             (None, _) => "none".to_string(),
         };
-        *self.by_code.entry(code).or_default() += 1;
+        *self.by_code.entry(code).or_default() += jobs;
         *self
             .by_page
             .entry(letter.target_routing_key().to_string())
-            .or_default() += 1;
+            .or_default() += jobs;
         match letter.dead_lettered_at {
             Some(at) => {
                 self.oldest = Some(self.oldest.map_or(at, |o| o.min(at)));
@@ -140,6 +150,8 @@ impl Tally {
             queue: queue.to_string(),
             depth,
             scanned: self.scanned,
+            jobs: self.jobs,
+            bundles: self.bundles,
             by_reason: Counts::from_map(self.by_reason),
             by_error_code: Counts::from_map(self.by_code),
             by_page: named
@@ -173,6 +185,16 @@ impl Stats {
             self.scanned,
             if self.scanned == 1 { "" } else { "s" }
         );
+        if self.bundles > 0 {
+            let _ = writeln!(
+                out,
+                "  holding {} jobs: {} of the letters {} park bundle{}, counted below by job",
+                self.jobs,
+                self.bundles,
+                if self.bundles == 1 { "is a" } else { "are" },
+                if self.bundles == 1 { "" } else { "s" }
+            );
+        }
         if self.scanned < u64::from(self.depth) {
             let _ = writeln!(
                 out,
@@ -256,7 +278,7 @@ impl DeadLetters<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::letter::tests::{broker_letter, pagerelay_letter};
+    use super::super::letter::tests::{broker_letter, bundle_letter, pagerelay_letter};
     use super::*;
     use crate::amqp::headers::parse_time;
 
@@ -328,6 +350,55 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 other Pages"), "{text}");
+    }
+
+    #[test]
+    fn a_bundle_counts_once_for_each_job_in_it() {
+        let mut tally = Tally::default();
+        tally.add(&pagerelay_letter("permanent", "1001", "a"));
+        tally.add(&bundle_letter("1002", &["p-1", "p-2", "p-3"], 0));
+        // Cut short: counted as its header declares.
+        tally.add(&bundle_letter("1002", &["q-1", "q-2"], 3));
+        let stats = tally.finish("relay.dead", 3, 10);
+
+        assert_eq!((stats.scanned, stats.jobs, stats.bundles), (3, 6, 2));
+        assert_eq!(stats.by_reason.get("broker:delivery_limit"), 5);
+        assert_eq!(stats.by_reason.get("permanent"), 1);
+        assert_eq!(stats.by_error_code.get("none"), 5);
+        assert_eq!(
+            stats.by_page,
+            [
+                PageCount {
+                    page_id: "1002".into(),
+                    count: 5
+                },
+                PageCount {
+                    page_id: "1001".into(),
+                    count: 1
+                }
+            ]
+        );
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(
+            (json["jobs"].clone(), json["bundles"].clone()),
+            (6.into(), 2.into())
+        );
+
+        let text = stats.render(Utc::now());
+        assert!(
+            text.starts_with(
+                "relay.dead: 3 dead letters\n  holding 6 jobs: 2 of the letters are park bundles, counted below by job\n"
+            ),
+            "{text}"
+        );
+        // Without bundles the line is left out.
+        let plain = {
+            let mut tally = Tally::default();
+            tally.add(&pagerelay_letter("permanent", "1001", "a"));
+            tally.finish("relay.dead", 1, 10)
+        };
+        assert_eq!((plain.jobs, plain.bundles), (1, 0));
+        assert!(!plain.render(Utc::now()).contains("holding"));
     }
 
     #[test]
