@@ -23,6 +23,9 @@
 //!   Page's jobs (a confirmed republish each) and acks the rest, and one that acks them all
 //!   unparked — what the broker's delivering those jobs costs, whoever consumes them.
 //!
+//! Environment: `LOAD_PAGES` sets the throughput scenario's Page count (default 1,000), and
+//! `LOAD_TOKEN_CHARS` the length of every Page's token (default 200, as real ones are).
+//!
 //! The report goes to standard output and `target/load-report.md`. Figures from one run on a
 //! small shared machine are noisy: compare ratios, and runs on the same machine.
 
@@ -108,6 +111,36 @@ async fn run(wanted: &[&str], divisor: usize) -> String {
         report.push('\n');
     }
     report
+}
+
+/// The length of every Page's token: `LOAD_TOKEN_CHARS`, else 200, about what a real Page token
+/// measures. Runs before 2026-12-07's third round used 22-character tokens (`token-` and the
+/// id), which made the reply scrubber search every receipt (no real token is that short) and
+/// made requests smaller than they are; `LOAD_TOKEN_CHARS=22` compares with them.
+fn token_chars() -> usize {
+    std::env::var("LOAD_TOKEN_CHARS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
+
+/// Page `id`'s token, the same in the simulator and the daemon's tokens file: `token-`, the id,
+/// then letters and digits drawn from the id, to [`token_chars`] characters in all.
+fn page_token(id: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut token = format!("token-{id}");
+    let mut state = id.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    while token.len() < token_chars() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        token.push(char::from(
+            ALPHABET[(state % ALPHABET.len() as u64) as usize],
+        ));
+    }
+    token
 }
 
 /// User + system CPU seconds of process `pid` (or `"self"`) so far, from /proc.
@@ -324,10 +357,9 @@ async fn scenario_fairness(exhausted_jobs: usize, healthy_pages: usize, per_page
             ..SimConfig::default()
         };
         for id in &page_ids {
-            sim_config =
-                sim_config.with_page(PageConfig::new(id, format!("token-{id}"), 10_000_000));
+            sim_config = sim_config.with_page(PageConfig::new(id, page_token(id), 10_000_000));
         }
-        sim_config = sim_config.with_page(PageConfig::new(&tiny, format!("token-{tiny}"), 1));
+        sim_config = sim_config.with_page(PageConfig::new(&tiny, page_token(&tiny), 1));
         sim_config.faults.latency_p50_ms = 5;
         sim_config.faults.latency_p99_ms = 5;
         let sim = Simulator::start(sim_config).await.expect("simulator");
@@ -553,8 +585,10 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!(
-        "Machine: {cores} cores ({cpu}), {} GiB; broker, simulator, publisher and pagerelay share it. RabbitMQ 3.10 (Debian 12).",
-        mem / 1024 / 1024
+        "Machine: {cores} cores ({cpu}), {} GiB; broker, simulator, publisher and pagerelay share it. RabbitMQ 3.10 (Debian 12). \
+         Page tokens of {} characters.",
+        mem / 1024 / 1024,
+        token_chars()
     )
 }
 
@@ -608,7 +642,7 @@ async fn simulator(pages: &[String], audience: u64, rps_limit: u64, latency_ms: 
     config.faults.latency_p50_ms = latency_ms;
     config.faults.latency_p99_ms = latency_ms;
     for id in pages {
-        config = config.with_page(PageConfig::new(id, format!("token-{id}"), audience));
+        config = config.with_page(PageConfig::new(id, page_token(id), audience));
     }
     Simulator::start(config).await.expect("simulator starts")
 }
@@ -814,7 +848,7 @@ impl Daemon {
         let mut tokens = String::new();
         for (id, audience) in &config.pages {
             let _ = writeln!(pages, "[[pages]]\nid = \"{id}\"\naudience = {audience}\n");
-            let _ = writeln!(tokens, "\"{id}\" = \"token-{id}\"");
+            let _ = writeln!(tokens, "\"{id}\" = \"{}\"", page_token(id));
         }
         std::fs::write(dir.path().join("pages.toml"), pages).expect("pages");
         std::fs::write(dir.path().join("tokens.toml"), tokens).expect("tokens");
