@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
 
@@ -148,53 +148,147 @@ fn check(confirmation: Confirmation) -> Result<(), PublishError> {
     }
 }
 
-/// `props` without an expiration. A copy pagerelay republishes (a dead letter, a replayed job)
-/// must not inherit a publisher's per-message TTL: it would make the copy vanish from a queue
-/// that has no dead-letter target, or dead-letter it behind pagerelay's back.
-pub fn without_expiration(props: BasicProperties) -> BasicProperties {
-    if props.expiration().is_none() {
-        return props;
+/// The properties of a copy pagerelay republishes (a retry, a park, a dead letter, a replayed
+/// job): the original's, with `headers` for its headers, persistent, with `expiration` for its
+/// expiration, and with `job_id` as its `message_id` when it has none, so that a generated id
+/// survives the round trip.
+///
+/// The copy never inherits the publisher's own per-message TTL: it would make the copy vanish
+/// from a queue that has no dead-letter target, or dead-letter it behind pagerelay's back.
+/// BasicProperties has setters but no unsetters, so the copy is built field by field, which also
+/// spares a clone of the header table being replaced (a parked job's copy used to clone it twice).
+pub fn copy_properties(
+    original: &BasicProperties,
+    headers: FieldTable,
+    expiration: Option<ShortString>,
+    job_id: Option<&str>,
+) -> BasicProperties {
+    let mut fresh = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = expiration {
+        fresh = fresh.with_expiration(v);
     }
-    // BasicProperties has setters but no unsetters: rebuild without the expiration.
-    let mut fresh = BasicProperties::default();
-    if let Some(v) = props.content_type() {
+    if let Some(v) = original.content_type() {
         fresh = fresh.with_content_type(v.clone());
     }
-    if let Some(v) = props.content_encoding() {
+    if let Some(v) = original.content_encoding() {
         fresh = fresh.with_content_encoding(v.clone());
     }
-    if let Some(v) = props.headers() {
-        fresh = fresh.with_headers(v.clone());
-    }
-    if let Some(v) = props.delivery_mode() {
-        fresh = fresh.with_delivery_mode(*v);
-    }
-    if let Some(v) = props.priority() {
+    if let Some(v) = original.priority() {
         fresh = fresh.with_priority(*v);
     }
-    if let Some(v) = props.correlation_id() {
+    if let Some(v) = original.correlation_id() {
         fresh = fresh.with_correlation_id(v.clone());
     }
-    if let Some(v) = props.reply_to() {
+    if let Some(v) = original.reply_to() {
         fresh = fresh.with_reply_to(v.clone());
     }
-    if let Some(v) = props.message_id() {
-        fresh = fresh.with_message_id(v.clone());
+    match original.message_id() {
+        Some(v) => fresh = fresh.with_message_id(v.clone()),
+        None => {
+            if let Some(id) = job_id.and_then(|id| ShortString::try_new(id).ok()) {
+                fresh = fresh.with_message_id(id);
+            }
+        }
     }
-    if let Some(v) = props.timestamp() {
+    if let Some(v) = original.timestamp() {
         fresh = fresh.with_timestamp(*v);
     }
-    if let Some(v) = props.kind() {
+    if let Some(v) = original.kind() {
         fresh = fresh.with_type(v.clone());
     }
-    if let Some(v) = props.user_id() {
+    if let Some(v) = original.user_id() {
         fresh = fresh.with_user_id(v.clone());
     }
-    if let Some(v) = props.app_id() {
+    if let Some(v) = original.app_id() {
         fresh = fresh.with_app_id(v.clone());
     }
-    if let Some(v) = props.cluster_id() {
+    if let Some(v) = original.cluster_id() {
         fresh = fresh.with_cluster_id(v.clone());
     }
     fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::AMQPValue;
+
+    use super::*;
+
+    fn original() -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert("x-old".into(), AMQPValue::LongString("old".into()));
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(headers)
+            .with_delivery_mode(1)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("replies".into())
+            .with_expiration("60000".into())
+            .with_timestamp(1_795_000_000)
+            .with_type("send".into())
+            .with_user_id("guest".into())
+            .with_app_id("publisher".into())
+            .with_cluster_id("c1".into())
+    }
+
+    #[test]
+    fn a_copy_keeps_every_property_but_the_headers_and_the_expiration() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-new".into(), AMQPValue::LongString("new".into()));
+        let copy = copy_properties(&original(), headers.clone(), None, Some("job-1"));
+
+        assert_eq!(copy.headers(), &Some(headers));
+        assert_eq!(
+            copy.expiration(),
+            &None,
+            "the publisher's TTL is not inherited"
+        );
+        assert_eq!(copy.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(
+            copy.message_id().as_ref().map(ShortString::as_str),
+            Some("job-1"),
+            "the job id, since the original had no message_id"
+        );
+        // Everything else as the publisher set it.
+        let text = |v: &Option<ShortString>| v.as_ref().map(|v| v.as_str().to_owned());
+        assert_eq!(
+            text(copy.content_type()).as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(text(copy.content_encoding()).as_deref(), Some("identity"));
+        assert_eq!(text(copy.correlation_id()).as_deref(), Some("corr"));
+        assert_eq!(text(copy.reply_to()).as_deref(), Some("replies"));
+        assert_eq!(text(copy.user_id()).as_deref(), Some("guest"));
+        assert_eq!(copy.priority(), &Some(3));
+        assert_eq!(
+            copy.app_id().as_ref().map(ShortString::as_str),
+            Some("publisher")
+        );
+        assert_eq!(copy.timestamp(), &Some(1_795_000_000));
+        assert_eq!(
+            copy.cluster_id().as_ref().map(ShortString::as_str),
+            Some("c1")
+        );
+        assert_eq!(copy.kind().as_ref().map(ShortString::as_str), Some("send"));
+
+        let timed = copy_properties(
+            &original().with_message_id("own".into()),
+            FieldTable::default(),
+            Some("1500".into()),
+            Some("job-1"),
+        );
+        assert_eq!(
+            timed.expiration().as_ref().map(ShortString::as_str),
+            Some("1500")
+        );
+        assert_eq!(
+            timed.message_id().as_ref().map(ShortString::as_str),
+            Some("own"),
+            "the publisher's own message_id stays"
+        );
+    }
 }

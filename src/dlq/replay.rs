@@ -46,7 +46,7 @@ use super::letter::{Letter, X_DEATH, X_DELIVERY_COUNT, X_FIRST_DEATH_REASON};
 use super::scan::Scan;
 use super::{DeadLetters, DlqError};
 use crate::amqp::headers;
-use crate::amqp::publisher::{PendingConfirm, without_expiration};
+use crate::amqp::publisher::{PendingConfirm, copy_properties};
 use crate::amqp::topology::TIER_HEADER;
 use crate::amqp::{PublishError, Publisher};
 
@@ -256,15 +256,7 @@ pub fn replay_properties(letter: &Letter, now: DateTime<Utc>) -> BasicProperties
     headers::set_time(&mut table, headers::REPLAYED_AT, Some(now));
     headers::set_int(&mut table, headers::REPLAY_COUNT, letter.replay_count + 1);
     headers::set_str(&mut table, headers::PREVIOUS_REASON, &letter.reason.label());
-    let mut props = without_expiration(letter.properties.clone())
-        .with_headers(table)
-        .with_delivery_mode(2);
-    if props.message_id().is_none()
-        && let Some(id) = letter.job_id().and_then(|id| ShortString::try_new(id).ok())
-    {
-        props = props.with_message_id(id);
-    }
-    props
+    copy_properties(&letter.properties, table, None, letter.job_id())
 }
 
 impl DeadLetters<'_> {

@@ -18,7 +18,7 @@ use lapin::types::{FieldTable, ShortString};
 
 use super::Origin;
 use crate::amqp::headers::{self, DeadLetterReason, ErrorContext, JobState};
-use crate::amqp::publisher::without_expiration;
+use crate::amqp::publisher::copy_properties;
 use crate::amqp::topology::{TIER_HEADER, tier_label};
 use crate::amqp::{PublishError, Topology};
 use crate::config::RetrySettings;
@@ -318,29 +318,15 @@ fn base_headers(incoming: Incoming<'_>, state: &JobState) -> FieldTable {
     table
 }
 
-/// The copy keeps the original's properties, with our headers, the job id as `message_id` (so a
-/// generated id survives the round trip), persistence, and an expiration only when we set one:
-/// a publisher's own expiration must not make a dead letter vanish.
+/// The copy's properties ([`copy_properties`]), with an expiration only when we set one: a
+/// publisher's own expiration must not make a dead letter vanish.
 fn properties(
     incoming: Incoming<'_>,
     table: FieldTable,
     expiration: Option<Duration>,
 ) -> BasicProperties {
-    let mut props = incoming
-        .properties
-        .clone()
-        .with_headers(table)
-        .with_delivery_mode(2);
-    props = match expiration {
-        Some(ttl) => props.with_expiration(ShortString::from(ttl.as_millis().max(1).to_string())),
-        None => without_expiration(props),
-    };
-    if props.message_id().is_none()
-        && let Some(id) = incoming.job_id.and_then(|id| ShortString::try_new(id).ok())
-    {
-        props = props.with_message_id(id);
-    }
-    props
+    let expiration = expiration.map(|ttl| ShortString::from(ttl.as_millis().max(1).to_string()));
+    copy_properties(incoming.properties, table, expiration, incoming.job_id)
 }
 
 /// Why a settlement could not be carried out. The delivery was handed back to the broker (or its
