@@ -132,7 +132,8 @@ fn page_token(id: &str) -> String {
     let mut state = id.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    while token.len() < token_chars() {
+    let len = token_chars();
+    while token.len() < len {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;

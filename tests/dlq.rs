@@ -862,11 +862,7 @@ fn dead_bundle(
     let body = bundle::encode(pieces.iter().map(|(p, b)| (p, b.as_slice())));
     let mut table = jobs::broker_dead_headers(jobs_queue, "delivery_limit");
     h::set_str(&mut table, h::PAGE_ID, page);
-    (
-        page.to_string(),
-        body,
-        jobs::bundle_properties(table, ids.len()),
-    )
+    (page.to_string(), body, bundle::properties(table, ids.len()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@ fn piece_properties(case: &str) -> BasicProperties {
 }
 
 fn bundle_properties(count: usize) -> BasicProperties {
-    jobs::bundle_properties(FieldTable::default(), count)
+    bundle::properties(FieldTable::default(), count)
 }
 
 fn job_body(page: &str, id: &str) -> Vec<u8> {

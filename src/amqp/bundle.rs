@@ -60,6 +60,16 @@ pub fn mark(headers: &mut FieldTable, jobs: usize) {
     headers::set_int(headers, BUNDLE, jobs as i64);
 }
 
+/// The properties of a bundle of `jobs` jobs: `headers`, marked as a bundle's, persistent, with
+/// the bundle content type.
+pub fn properties(mut headers: FieldTable, jobs: usize) -> BasicProperties {
+    mark(&mut headers, jobs);
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+}
+
 /// The body of a bundle of `pieces`.
 pub fn encode<'a>(pieces: impl IntoIterator<Item = (&'a BasicProperties, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);

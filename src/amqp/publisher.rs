@@ -184,13 +184,12 @@ pub fn copy_properties(
     if let Some(v) = original.reply_to() {
         fresh = fresh.with_reply_to(v.clone());
     }
-    match original.message_id() {
-        Some(v) => fresh = fresh.with_message_id(v.clone()),
-        None => {
-            if let Some(id) = job_id.and_then(|id| ShortString::try_new(id).ok()) {
-                fresh = fresh.with_message_id(id);
-            }
-        }
+    let message_id = original
+        .message_id()
+        .clone()
+        .or_else(|| job_id.and_then(|id| ShortString::try_new(id).ok()));
+    if let Some(v) = message_id {
+        fresh = fresh.with_message_id(v);
     }
     if let Some(v) = original.timestamp() {
         fresh = fresh.with_timestamp(*v);

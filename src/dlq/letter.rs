@@ -516,14 +516,7 @@ pub(crate) mod tests {
             )])),
         );
         headers::set_str(&mut table, headers::PAGE_ID, page);
-        bundle::mark(&mut table, ids.len());
-        Letter::new(
-            body,
-            page,
-            BasicProperties::default()
-                .with_content_type(bundle::CONTENT_TYPE.into())
-                .with_headers(table),
-        )
+        Letter::new(body, page, bundle::properties(table, ids.len()))
     }
 
     #[test]

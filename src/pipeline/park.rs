@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 
 use super::outcome::{self, Incoming, Outcome, ParkReason, Republish, Settled, Settlement};
 use super::{Envelope, Shared, settle_failed};
@@ -228,11 +228,7 @@ fn bundle_properties(first: &Planned, jobs: usize) -> BasicProperties {
         headers::set_str(&mut table, TIER_HEADER, &tier);
     }
     headers::set_str(&mut table, headers::PAGE_ID, &first.envelope.job.page_id);
-    bundle::mark(&mut table, jobs);
-    BasicProperties::default()
-        .with_headers(table)
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from(bundle::CONTENT_TYPE))
+    bundle::properties(table, jobs)
 }
 
 /// Parks `jobs` in the background.

@@ -231,16 +231,6 @@ pub fn broker_dead_headers(queue: &str, reason: &str) -> FieldTable {
     table
 }
 
-/// The properties of a park bundle of `count` jobs: `headers` marked as a bundle's, persistent,
-/// with the bundle content type.
-pub fn bundle_properties(mut headers: FieldTable, count: usize) -> lapin::BasicProperties {
-    pagerelay::amqp::bundle::mark(&mut headers, count);
-    lapin::BasicProperties::default()
-        .with_content_type(pagerelay::amqp::bundle::CONTENT_TYPE.into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
-}
-
 /// A dead letter of `job` (its body, its Page as routing key, its job id as message id).
 pub fn dead_letter(job: &Value, headers: FieldTable) -> (String, Vec<u8>, lapin::BasicProperties) {
     let page = job["page_id"].as_str().unwrap_or("unrouted").to_string();
