@@ -1,6 +1,9 @@
 //! The Graph batch protocol on the hot path: encoding a full batch of realistic jobs, and decoding
 //! and classifying the reply to it. Together they should stay well under 100 µs.
 //!
+//! `encode_bodies_50` writes 50 jobs' bodies in their wire form, as the consumer does once per
+//! job; `encode_50` assembles a request from bodies already written.
+//!
 //! `decode_classify_shared_50` decodes the reply to a shared request (50 Pages, one operation
 //! each) whose tokens are as short as the load tool's, so every message id is searched for every
 //! Page's token: the reply scrubber's worst case. Real Page tokens are longer than any receipt id,
@@ -13,8 +16,8 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use pagerelay::graph::{
-    BUSINESS_USE_CASE_USAGE, BatchReply, BatchRequest, Decision, MAX_OPERATIONS, Operation,
-    PageAuth, classify,
+    BUSINESS_USE_CASE_USAGE, BatchReply, BatchRequest, Decision, EncodedBody, MAX_OPERATIONS,
+    Operation, PageAuth, classify,
 };
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
@@ -62,7 +65,8 @@ fn bench(c: &mut Criterion) {
         Some(&SecretString::from("0123456789abcdef0123456789abcdef")),
     );
     let jobs: Vec<_> = (0..MAX_OPERATIONS).map(job).collect();
-    let ops: Vec<_> = jobs.iter().map(Operation::send).collect();
+    let bodies: Vec<_> = jobs.iter().map(EncodedBody::new).collect();
+    let ops: Vec<_> = bodies.iter().map(Operation::send).collect();
     let request = BatchRequest::encode(&auth, &ops).expect("encodes");
     let reply = success_reply(MAX_OPERATIONS);
     let mut headers = HeaderMap::new();
@@ -88,15 +92,23 @@ fn bench(c: &mut Criterion) {
     let shared_auths: Vec<_> = (0..MAX_OPERATIONS)
         .map(|page| PageAuth::new(SecretString::from(format!("token-1048576{page:08}")), None))
         .collect();
-    let shared_ops: Vec<_> = jobs
+    let shared_ops: Vec<_> = bodies
         .iter()
         .zip(&shared_auths)
-        .map(|(job, auth)| Operation::send(job).with_auth(auth))
+        .map(|(body, auth)| Operation::send(body).with_auth(auth))
         .collect();
     let shared = BatchRequest::encode(&shared_auths[0], &shared_ops).expect("encodes");
 
     let mut group = c.benchmark_group("graph");
     group.throughput(Throughput::Elements(MAX_OPERATIONS as u64));
+    group.bench_function("encode_bodies_50", |b| {
+        b.iter(|| {
+            black_box(&jobs)
+                .iter()
+                .map(EncodedBody::new)
+                .collect::<Vec<_>>()
+        })
+    });
     group.bench_function("encode_50", |b| {
         b.iter(|| {
             let request = BatchRequest::encode(&auth, black_box(&ops)).expect("encodes");

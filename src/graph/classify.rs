@@ -221,7 +221,9 @@ mod tests {
     use serde_json::{Map, json};
 
     use super::*;
-    use crate::graph::{BatchReply, BatchRequest, MalformedReply, Operation, PageAuth};
+    use crate::graph::{
+        BatchReply, BatchRequest, EncodedBody, MalformedReply, Operation, PageAuth,
+    };
     use Decision::*;
 
     const PERMANENT: Decision = DeadLetter(DeadReason::Permanent);
@@ -460,7 +462,10 @@ mod tests {
     /// From the bytes on the wire to the decisions, for replies that fail the whole batch.
     #[test]
     fn undecodable_and_failed_replies_retry_every_operation() {
-        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let body = EncodedBody::new(&Map::from_iter([(
+            "recipient".to_owned(),
+            json!({"id": "1"}),
+        )]));
         let auth = PageAuth::new("token".to_owned().into(), None);
         let request = BatchRequest::encode(&auth, &[Operation::send(&body); 3]).unwrap();
         let short: &[u8] = br#"[null, {"code": 200, "body": "{}"}]"#;

@@ -27,7 +27,8 @@ mod client;
 mod reply;
 
 pub use batch::{
-    BatchRequest, EncodeError, FormBody, MAX_OPERATIONS, Operation, PageAuth, appsecret_proof,
+    BatchRequest, EncodeError, EncodedBody, FormBody, MAX_OPERATIONS, Operation, PageAuth,
+    appsecret_proof,
 };
 pub use classify::{DeadReason, Decision, Outcome, RetryKind, StopReason, classify};
 pub use client::{AUDIENCE_METRIC, AudienceError, ClientError, GraphClient, Sent, newest_audience};

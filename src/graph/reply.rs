@@ -976,12 +976,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::graph::{Operation, PageAuth};
+    use crate::graph::{EncodedBody, Operation, PageAuth};
 
     const TOKEN: &str = "EAAGtokenSECRET123";
 
     fn request(operations: usize) -> BatchRequest {
-        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let body = EncodedBody::new(&Map::from_iter([(
+            "recipient".to_owned(),
+            json!({"id": "1"}),
+        )]));
         let auth = PageAuth::new(
             SecretString::from(TOKEN),
             Some(&SecretString::from("app-secret")),
@@ -1280,7 +1283,10 @@ mod tests {
     #[test]
     fn every_pages_secrets_in_a_shared_request_are_redacted() {
         const OTHER: &str = "EAAGotherPAGEtoken456";
-        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let body = EncodedBody::new(&Map::from_iter([(
+            "recipient".to_owned(),
+            json!({"id": "1"}),
+        )]));
         let secret = SecretString::from("app-secret");
         let owner = PageAuth::new(SecretString::from(TOKEN), Some(&secret));
         let other = PageAuth::new(SecretString::from(OTHER), Some(&secret));
@@ -1311,7 +1317,10 @@ mod tests {
     #[test]
     fn a_token_inside_another_is_redacted_whole() {
         let longer = format!("{TOKEN}-and-more");
-        let body = Map::from_iter([("recipient".to_owned(), json!({"id": "1"}))]);
+        let body = EncodedBody::new(&Map::from_iter([(
+            "recipient".to_owned(),
+            json!({"id": "1"}),
+        )]));
         let owner = PageAuth::new(SecretString::from(TOKEN), None);
         let other = PageAuth::new(SecretString::from(longer.clone()), None);
         let ops = [

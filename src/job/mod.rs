@@ -11,7 +11,8 @@
 //! It does not decide a job's fate. [`Job::decode`] is pure: the consumer dead-letters a refusal
 //! with `reason=invalid`, and the pipeline asks [`Job::is_expired`] when it matters. Nor does it
 //! encode the Graph batch: [`Job::send_body`] is the body as the publisher wrote it, minus the
-//! pagerelay fields, and `graph` turns it into a batch operation.
+//! pagerelay fields, and `graph` encodes it; the pipeline keeps only that encoding
+//! ([`Job::map_body`]), so a job waiting to be sent holds no tree.
 //!
 //! # Decisions where the design is silent
 //!
@@ -89,9 +90,10 @@ pub struct DeliveryMeta<'a> {
     pub content_type: Option<&'a str>,
 }
 
-/// A decoded, validated send job.
+/// A decoded, validated send job, carrying its Send API body as `B`: as parsed, from
+/// [`Job::decode`], or in the form the next stage keeps it ([`Job::map_body`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Job {
+pub struct Job<B = Map<String, Value>> {
     /// The sending Page.
     pub page_id: String,
     /// The body's `job_id`, else the delivery's `message_id`, else a generated UUID v4.
@@ -107,7 +109,7 @@ pub struct Job {
     pub media: bool,
     /// The Send API body: the job minus the pagerelay fields, unknown fields kept, in the
     /// publisher's order.
-    body: Map<String, Value>,
+    body: B,
 }
 
 // ===== impl Job =====
@@ -186,6 +188,27 @@ impl Job {
     /// The Send API body to forward: the job minus `page_id`, `job_id` and `expires_at`, with
     /// every other field, known or not, in the order the publisher wrote them.
     pub fn send_body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+}
+
+impl<B> Job<B> {
+    /// The same job with its body turned into `f(body)`: how the pipeline swaps the parsed tree
+    /// for the encoded bytes it sends.
+    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Job<C> {
+        Job {
+            page_id: self.page_id,
+            job_id: self.job_id,
+            job_id_generated: self.job_id_generated,
+            expires_at: self.expires_at,
+            recipient: self.recipient,
+            media: self.media,
+            body: f(self.body),
+        }
+    }
+
+    /// The Send API body, in whatever form the job carries it.
+    pub fn body(&self) -> &B {
         &self.body
     }
 

@@ -784,6 +784,32 @@ fn send_body_keeps_unknown_fields_in_order_without_pagerelay_fields() {
 }
 
 #[test]
+fn map_body_changes_the_body_and_keeps_everything_else() {
+    let text = r#"{"page_id": "1", "job_id": "j", "expires_at": "2030-01-01T00:00:00Z",
+        "recipient": {"user_ref": "u"}, "messaging_type": "UPDATE",
+        "message": {"attachment": {"type": "video", "payload": {"url": "https://x"}}}}"#;
+    let job = assert_valid(Job::decode(text.as_bytes(), &DeliveryMeta::default()));
+    let fields = job.send_body().len();
+    let mapped = job.clone().map_body(|body| body.len());
+    assert_eq!(*mapped.body(), fields);
+    assert_eq!(
+        (
+            mapped.page_id.as_str(),
+            mapped.job_id.as_str(),
+            mapped.recipient.as_str()
+        ),
+        (
+            job.page_id.as_str(),
+            job.job_id.as_str(),
+            job.recipient.as_str()
+        )
+    );
+    assert_eq!(mapped.expires_at, job.expires_at);
+    assert_eq!(mapped.job_id_generated, job.job_id_generated);
+    assert!(mapped.media);
+}
+
+#[test]
 fn a_repeated_key_keeps_its_first_place_and_its_last_value() {
     // As `serde_json::Value` reads an object, pagerelay fields included; the escaped key is the
     // same key as the plain one.

@@ -20,10 +20,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use super::{Envelope, Origin, Shared, bundled_room};
+use super::{Envelope, Origin, QueuedJob, Shared, bundled_room};
 use crate::amqp::bundle;
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::session::Deliveries;
+use crate::graph::EncodedBody;
 use crate::job::{DeliveryMeta, Job};
 
 /// Why consuming stopped.
@@ -146,8 +147,10 @@ fn accept_job(
             .as_ref()
             .map(|c| c.as_str()),
     };
+    // Encoded here, where the tree was built and is still in cache; the tree is freed on the
+    // thread that allocated it, and what waits in a lane is one buffer.
     let job = match Job::decode(&delivery.data, &meta) {
-        Ok(job) => job,
+        Ok(job) => job.map_body(|body| EncodedBody::new(&body)),
         Err(e) => {
             let outcome = Shared::rejection(DeadLetterReason::Invalid, e.to_string());
             settle_now(shared, delivery, state, None, origin, outcome);
@@ -201,7 +204,7 @@ fn settle_now(
     shared: &Arc<Shared>,
     delivery: Delivery,
     state: JobState,
-    job: Option<Job>,
+    job: Option<QueuedJob>,
     origin: &Arc<Origin>,
     outcome: Outcome,
 ) {

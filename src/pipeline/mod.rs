@@ -50,7 +50,7 @@ use crate::admin::Health;
 use crate::amqp::headers::{DeadLetterReason, JobState};
 use crate::amqp::{Acks, Publisher, Topology};
 use crate::config::Settings;
-use crate::graph::GraphClient;
+use crate::graph::{EncodedBody, GraphClient};
 use crate::job::Job;
 use crate::telemetry::{self, PageLabels};
 use batcher::LaneItem;
@@ -121,9 +121,12 @@ pub struct Origin {
     pub acks: Acks,
 }
 
+/// A job as the pipeline holds it: its body already in the form a batch sends.
+pub type QueuedJob = Job<EncodedBody>;
+
 /// A job taken from the broker, on its way through the pipeline.
 pub struct Envelope {
-    pub job: Job,
+    pub job: QueuedJob,
     pub delivery: Delivery,
     pub state: JobState,
     pub origin: Arc<Origin>,
@@ -157,7 +160,7 @@ impl Shared {
         &self,
         delivery: &Delivery,
         state: &JobState,
-        job: Option<&Job>,
+        job: Option<&QueuedJob>,
         origin: &Origin,
         outcome: Outcome,
     ) -> Settled {
@@ -184,7 +187,7 @@ impl Shared {
         settled: Settled,
         delivery: &Delivery,
         state: &JobState,
-        job: Option<&Job>,
+        job: Option<&QueuedJob>,
         origin: &Origin,
     ) -> Settled {
         if let Err(e) = outcome::settle(settlement, delivery, origin).await {
@@ -225,7 +228,13 @@ impl Shared {
         .increment(acked);
     }
 
-    fn record(&self, settled: Settled, job: Option<&Job>, state: &JobState, delivery: &Delivery) {
+    fn record(
+        &self,
+        settled: Settled,
+        job: Option<&QueuedJob>,
+        state: &JobState,
+        delivery: &Delivery,
+    ) {
         let page = match job.and_then(|j| self.registry.get(&j.page_id)) {
             Some(page) => self.labels.label(&page.id),
             None => Arc::from(telemetry::OTHER_PAGES),

@@ -145,10 +145,10 @@ pub struct Incoming<'a> {
 }
 
 impl<'a> Incoming<'a> {
-    pub fn new(
+    pub fn new<B>(
         delivery: &'a Delivery,
         state: &'a JobState,
-        job: Option<&'a crate::job::Job>,
+        job: Option<&'a crate::job::Job<B>>,
     ) -> Self {
         Incoming {
             routing_key: delivery.routing_key.as_str(),
