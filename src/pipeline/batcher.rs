@@ -84,28 +84,41 @@ impl<T: LaneItem> LaneQueue<T> {
 
     /// How many jobs a batch of at most `max` could take now (media not limited).
     pub fn sendable(&self, max: usize) -> usize {
-        // The common case needs no scan: nothing in flight and a full batch of distinct
-        // recipients at the front.
-        self.select(max, usize::MAX).len()
+        self.select(max, usize::MAX, |_| {})
     }
 
     /// How many media jobs the next batch of at most `max` would carry if media were not
     /// limited: what to ask the media ceiling for.
     pub fn media_in(&self, max: usize) -> usize {
-        self.select(max, usize::MAX)
-            .into_iter()
-            .filter(|&i| self.items[i].item.is_media())
-            .count()
+        let mut media = 0;
+        self.select(max, usize::MAX, |i| {
+            media += usize::from(self.items[i].item.is_media());
+        });
+        media
     }
 
     /// Removes and returns the next batch: at most `max` jobs, at most `media` of them media,
     /// one per recipient, and none for a recipient in flight. Their recipients become busy
     /// until [`LaneQueue::release`].
     pub fn take_batch(&mut self, max: usize, media: usize) -> Vec<T> {
-        let picked = self.select(max, media);
-        if picked.is_empty() {
-            return Vec::new();
+        let mut picked = Vec::with_capacity(max.min(self.items.len()));
+        self.select(max, media, |i| picked.push(i));
+        let batch = match picked.last() {
+            None => return Vec::new(),
+            // The front of the queue, as when every queued recipient is distinct: no rebuild.
+            Some(&last) if last + 1 == picked.len() => {
+                self.items.drain(..picked.len()).map(|q| q.item).collect()
+            }
+            Some(_) => self.take_picked(&picked),
+        };
+        for item in &batch {
+            self.busy.insert(item.recipient().to_string());
         }
+        batch
+    }
+
+    /// Removes the jobs at `picked` (ascending positions), keeping the others in order.
+    fn take_picked(&mut self, picked: &[usize]) -> Vec<T> {
         let mut batch = Vec::with_capacity(picked.len());
         let mut rest = VecDeque::with_capacity(self.items.len() - picked.len());
         let mut next = picked.iter().copied().peekable();
@@ -118,9 +131,6 @@ impl<T: LaneItem> LaneQueue<T> {
             }
         }
         self.items = rest;
-        for item in &batch {
-            self.busy.insert(item.recipient().to_string());
-        }
         batch
     }
 
@@ -159,9 +169,10 @@ impl<T: LaneItem> LaneQueue<T> {
         removed
     }
 
-    /// Positions of the next batch, in queue order.
-    fn select(&self, max: usize, media: usize) -> Vec<usize> {
-        let mut picked = Vec::with_capacity(max.min(self.items.len()));
+    /// Calls `pick` with the position of each job of the next batch, in queue order, and returns
+    /// how many there are. Each caller collects only what it needs: counting allocates nothing.
+    fn select(&self, max: usize, media: usize, mut pick: impl FnMut(usize)) -> usize {
+        let mut picked = 0;
         // Recipients whose earliest queued job cannot go in this batch: their later jobs wait
         // behind it. Picked recipients are held back the same way.
         // Only the jobs behind a recipient's first can be held back, so a lane of one job (most
@@ -170,7 +181,7 @@ impl<T: LaneItem> LaneQueue<T> {
         let mut media_left = media;
         let last = self.items.len().saturating_sub(1);
         for (i, queued) in self.items.iter().enumerate() {
-            if picked.len() == max {
+            if picked == max {
                 break;
             }
             let recipient = queued.item.recipient();
@@ -189,7 +200,8 @@ impl<T: LaneItem> LaneQueue<T> {
                 }
                 media_left -= 1;
             }
-            picked.push(i);
+            picked += 1;
+            pick(i);
         }
         picked
     }
