@@ -60,6 +60,15 @@ fn success_reply(operations: usize) -> Vec<u8> {
     serde_json::to_vec(&items).expect("serialises")
 }
 
+/// One operation per body, each sent with its own Page's credentials: a shared request.
+fn each_with_own_auth<'a>(bodies: &'a [EncodedBody], auths: &'a [PageAuth]) -> Vec<Operation<'a>> {
+    bodies
+        .iter()
+        .zip(auths)
+        .map(|(body, auth)| Operation::send(body).with_auth(auth))
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let auth = PageAuth::new(
         SecretString::from("EAAGm0PX4ZCpsBAKZCZBZAkE0ZB0ZCZBx".repeat(6)),
@@ -93,11 +102,7 @@ fn bench(c: &mut Criterion) {
     let shared_auths: Vec<_> = (0..MAX_OPERATIONS)
         .map(|page| PageAuth::new(SecretString::from(format!("token-1048576{page:08}")), None))
         .collect();
-    let shared_ops: Vec<_> = bodies
-        .iter()
-        .zip(&shared_auths)
-        .map(|(body, auth)| Operation::send(body).with_auth(auth))
-        .collect();
+    let shared_ops = each_with_own_auth(&bodies, &shared_auths);
     let shared = BatchRequest::encode(&shared_auths[0], &shared_ops).expect("encodes");
     // Tokens of 200 characters and an app secret, as in production.
     let app_secret = SecretString::from("0123456789abcdef0123456789abcdef");
@@ -113,11 +118,7 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let real_ops: Vec<_> = bodies
-        .iter()
-        .zip(&real_auths)
-        .map(|(body, auth)| Operation::send(body).with_auth(auth))
-        .collect();
+    let real_ops = each_with_own_auth(&bodies, &real_auths);
 
     let mut group = c.benchmark_group("graph");
     group.throughput(Throughput::Elements(MAX_OPERATIONS as u64));
