@@ -16,10 +16,11 @@
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use pagerelay::graph::{
-    BatchReply, BatchRequest, MAX_REGAIN_ACCESS, Operation, PageAuth, appsecret_proof, classify,
+    BatchReply, BatchRequest, EncodedBody, MAX_REGAIN_ACCESS, Operation, PageAuth, appsecret_proof,
+    classify,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// The token of the batch. Seeds quote it in error messages, as Graph sometimes does.
 const TOKEN: &str = "EAAGfuzzTOKEN0123456789";
@@ -72,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     let secret = SecretString::from(APP_SECRET);
     let proof = appsecret_proof(&token, &secret);
     let auth = PageAuth::new(token, Some(&secret));
-    let bodies: Vec<Map<String, Value>> = (0..operations)
+    let bodies: Vec<EncodedBody> = (0..operations)
         .map(|i| {
             let Value::Object(body) = json!({
                 "recipient": {"id": format!("{}", 6_543_210_000_000_000u64 + i as u64)},
@@ -81,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             }) else {
                 unreachable!()
             };
-            body
+            EncodedBody::new(&body)
         })
         .collect();
     let ops: Vec<Operation<'_>> = bodies.iter().map(Operation::send).collect();
