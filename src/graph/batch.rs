@@ -144,7 +144,8 @@ impl EncodedBody {
     pub fn new(body: &Map<String, Value>) -> Self {
         // A ~300-byte job takes ~650 bytes; the spare room is given back below.
         let mut form = FormWriter::with_capacity(1024);
-        let mut scratch = Vec::with_capacity(32);
+        // Allocated by the first number, if any: most bodies have none.
+        let mut scratch = Vec::new();
         encode_body(&mut form, body, &mut scratch);
         EncodedBody(form.into_vec().into_boxed_slice())
     }

@@ -184,15 +184,16 @@ impl Job {
             body: job,
         })
     }
-
-    /// The Send API body to forward: the job minus `page_id`, `job_id` and `expires_at`, with
-    /// every other field, known or not, in the order the publisher wrote them.
-    pub fn send_body(&self) -> &Map<String, Value> {
-        &self.body
-    }
 }
 
 impl<B> Job<B> {
+    /// The Send API body to forward: the job minus `page_id`, `job_id` and `expires_at`, with
+    /// every other field, known or not, in the order the publisher wrote them; in whatever form
+    /// the job carries it.
+    pub fn send_body(&self) -> &B {
+        &self.body
+    }
+
     /// The same job with its body turned into `f(body)`: how the pipeline swaps the parsed tree
     /// for the encoded bytes it sends.
     pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Job<C> {
@@ -205,11 +206,6 @@ impl<B> Job<B> {
             media: self.media,
             body: f(self.body),
         }
-    }
-
-    /// The Send API body, in whatever form the job carries it.
-    pub fn body(&self) -> &B {
-        &self.body
     }
 
     /// Whether the job must be dead-lettered as `expired` rather than sent at `now`. A job is

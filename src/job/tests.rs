@@ -791,7 +791,7 @@ fn map_body_changes_the_body_and_keeps_everything_else() {
     let job = assert_valid(Job::decode(text.as_bytes(), &DeliveryMeta::default()));
     let fields = job.send_body().len();
     let mapped = job.clone().map_body(|body| body.len());
-    assert_eq!(*mapped.body(), fields);
+    assert_eq!(*mapped.send_body(), fields);
     assert_eq!(
         (
             mapped.page_id.as_str(),

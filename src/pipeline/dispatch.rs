@@ -60,7 +60,7 @@ pub async fn send(shared: Arc<Shared>, parts: Vec<Part>) {
             .enumerate()
             .flat_map(|(i, (part, config))| {
                 part.batch.iter().map(move |e| {
-                    let op = Operation::send(e.job.body());
+                    let op = Operation::send(e.job.send_body());
                     if i > 0 {
                         op.with_auth(&config.auth)
                     } else {
