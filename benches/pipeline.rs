@@ -116,7 +116,8 @@ fn scheduling(c: &mut Criterion) {
                     || lane(n, recipients),
                     |mut lane| {
                         let batch = lane.take_batch(black_box(50), black_box(10));
-                        lane.release(batch.iter().map(|j| j.recipient.as_str()));
+                        let recipients = lane.recipients(&batch);
+                        lane.release(recipients);
                         (lane, batch)
                     },
                     BatchSize::SmallInput,

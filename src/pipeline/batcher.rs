@@ -13,10 +13,11 @@
 //! Both are pure: time is passed in, nothing is sent.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashSet, HashSetExt};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
+use foldhash::{HashSet, HashSetExt};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 /// What the batcher needs to know about a queued job.
@@ -38,11 +39,22 @@ impl<T: LaneItem + ?Sized> LaneItem for Box<T> {
 }
 
 /// A Page's queued jobs and the recipients that have a message in flight.
+///
+/// Recipients are known by a 64-bit hash of their id, not by the id: a batch marks and releases
+/// them without copying a string per job. Two recipients whose hashes collide only wait for each
+/// other, as if they were one; order is never broken.
 #[derive(Debug)]
 pub struct LaneQueue<T> {
     items: VecDeque<Queued<T>>,
-    busy: HashSet<String>,
+    busy: HashSet<u64>,
+    keys: foldhash::fast::RandomState,
 }
+
+/// The recipients of a batch in flight, as its lane's queue knows them: what the batch hands
+/// back to [`LaneQueue::release`] once it is settled. When Pages are many a batch is mostly one
+/// job, so one recipient is kept without an allocation.
+#[derive(Debug, Default)]
+pub struct Recipients(SmallVec<[u64; 1]>);
 
 #[derive(Debug)]
 struct Queued<T> {
@@ -55,6 +67,7 @@ impl<T> Default for LaneQueue<T> {
         LaneQueue {
             items: VecDeque::new(),
             busy: HashSet::new(),
+            keys: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -99,7 +112,7 @@ impl<T: LaneItem> LaneQueue<T> {
 
     /// Removes and returns the next batch: at most `max` jobs, at most `media` of them media,
     /// one per recipient, and none for a recipient in flight. Their recipients become busy
-    /// until [`LaneQueue::release`].
+    /// until [`LaneQueue::release`] or [`LaneQueue::release_recipient`].
     pub fn take_batch(&mut self, max: usize, media: usize) -> Vec<T> {
         let mut picked = Vec::with_capacity(max.min(self.items.len()));
         self.select(max, media, |i| picked.push(i));
@@ -112,7 +125,7 @@ impl<T: LaneItem> LaneQueue<T> {
             Some(_) => self.take_picked(&picked),
         };
         for item in &batch {
-            self.busy.insert(item.recipient().to_string());
+            self.busy.insert(self.key(item.recipient()));
         }
         batch
     }
@@ -134,11 +147,31 @@ impl<T: LaneItem> LaneQueue<T> {
         batch
     }
 
-    /// The recipients' messages are settled; their next ones may go.
-    pub fn release<'a>(&mut self, recipients: impl IntoIterator<Item = &'a str>) {
-        for r in recipients {
-            self.busy.remove(r);
+    /// The recipients of `batch`, taken by [`LaneQueue::take_batch`], to release once it is
+    /// settled.
+    pub fn recipients(&self, batch: &[T]) -> Recipients {
+        Recipients(
+            batch
+                .iter()
+                .map(|item| self.key(item.recipient()))
+                .collect(),
+        )
+    }
+
+    /// A batch's messages are settled; its recipients' next ones may go.
+    pub fn release(&mut self, recipients: Recipients) {
+        for key in recipients.0 {
+            self.busy.remove(&key);
         }
+    }
+
+    /// One taken job will not be sent after all (it expired); its recipient's next may go.
+    pub fn release_recipient(&mut self, recipient: &str) {
+        self.busy.remove(&self.key(recipient));
+    }
+
+    fn key(&self, recipient: &str) -> u64 {
+        self.keys.hash_one(recipient)
     }
 
     /// Removes and returns the newest jobs beyond the first `keep`, oldest of them first.
@@ -177,15 +210,15 @@ impl<T: LaneItem> LaneQueue<T> {
         // behind it. Picked recipients are held back the same way.
         // Only the jobs behind a recipient's first can be held back, so a lane of one job (most
         // lanes, when Pages are many) never allocates the set.
-        let mut held: HashSet<&str> = HashSet::new();
+        let mut held: HashSet<u64> = HashSet::new();
         let mut media_left = media;
         let last = self.items.len().saturating_sub(1);
         for (i, queued) in self.items.iter().enumerate() {
             if picked == max {
                 break;
             }
-            let recipient = queued.item.recipient();
-            if self.busy.contains(recipient) || held.contains(recipient) {
+            let recipient = self.key(queued.item.recipient());
+            if self.busy.contains(&recipient) || held.contains(&recipient) {
                 continue;
             }
             if i < last {
@@ -311,9 +344,15 @@ mod tests {
         // a, b and c are in flight: nothing may go.
         assert_eq!(q.sendable(50), 0);
         assert!(q.take_batch(50, 10).is_empty());
-        q.release(["b"]);
-        assert_eq!(ids(&q.take_batch(50, 10)), [5]);
-        q.release(["a", "c", "b"]);
+        q.release_recipient("b");
+        let batch = q.take_batch(50, 10);
+        assert_eq!(ids(&batch), [5]);
+        // b again, from the batch's own record, then a and c one by one.
+        let recipients = q.recipients(&batch);
+        q.release(recipients);
+        assert_eq!(q.in_flight(), 2);
+        q.release_recipient("a");
+        q.release_recipient("c");
         assert_eq!(ids(&q.take_batch(50, 10)), [2]);
         assert!(q.is_empty());
     }
@@ -351,7 +390,8 @@ mod tests {
         assert_eq!(q.media_in(1), 1);
         // One media slot: job 1 goes, job 2 waits and so does job 3 behind it.
         assert_eq!(ids(&q.take_batch(50, 1)), [1, 4]);
-        q.release(["a", "c"]);
+        q.release_recipient("a");
+        q.release_recipient("c");
         assert_eq!(ids(&q.take_batch(50, 5)), [2, 5]);
     }
 
@@ -372,7 +412,8 @@ mod tests {
             let batch = q.take_batch(50, 0);
             assert_eq!(batch.len(), 1, "only one in flight per recipient");
             sent.extend(ids(&batch));
-            q.release(["same"]);
+            let recipients = q.recipients(&batch);
+            q.release(recipients);
         }
         assert_eq!(sent, (0..200).collect::<Vec<_>>());
     }

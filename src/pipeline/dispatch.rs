@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::lane::LaneMsg;
+use super::batcher::Recipients;
+use super::lane::{Inbox, LaneMsg};
 use super::outcome::{Outcome, ParkReason};
 use super::park::ParkJob;
 use super::registry::{Admission, PageState, Signal};
@@ -34,8 +34,10 @@ pub struct Part {
     // assembled by moving them out of a lane queue that holds hundreds.
     #[allow(clippy::vec_box)]
     pub batch: Vec<Box<Envelope>>,
+    /// The batch's recipients as its lane knows them, handed back once it is settled.
+    pub recipients: Recipients,
     pub permit: OwnedSemaphorePermit,
-    pub lane: UnboundedSender<LaneMsg>,
+    pub lane: Arc<Inbox>,
     /// A probe of a Page whose circuit is open or that is paused: it goes in a request of its
     /// own, so that whatever is wrong with the Page (its token, say) touches no other Page.
     pub alone: bool,
@@ -139,12 +141,12 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
     let Part {
         page,
         batch,
+        recipients,
         permit,
         lane,
         ..
     } = part;
     let size = batch.len();
-    let recipients: Vec<String> = batch.iter().map(|e| e.job.recipient.clone()).collect();
 
     // The one batch line at warn, in each Page's span: a request that failed as a whole (as many
     // lines as before requests were shared: one per Page batch). Item-level errors are counted,
@@ -280,7 +282,7 @@ async fn settle_part(shared: Arc<Shared>, part: Part, results: Decided) {
 
     tracing::Span::current().record("outcome", counts.summary().as_str());
     tracing::debug!("batch settled");
-    let _ = lane.send(LaneMsg::Done { recipients });
+    lane.send(LaneMsg::Done { recipients });
     drop(permit);
 }
 
