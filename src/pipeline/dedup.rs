@@ -52,7 +52,10 @@ impl DuplicateGuard {
         let mut inner = self.inner.lock().expect("not poisoned");
         inner.evict(now, self.ttl);
         for job_id in job_ids {
-            if inner.ids.contains(job_id) {
+            // One lookup: inserted first, the oldest evicted after, so that recording an id
+            // again evicts nothing.
+            let id: Arc<str> = job_id.into();
+            if !inner.ids.insert(id.clone()) {
                 continue;
             }
             if inner.order.len() >= self.capacity
@@ -60,8 +63,6 @@ impl DuplicateGuard {
             {
                 inner.ids.remove(&oldest);
             }
-            let id: Arc<str> = job_id.into();
-            inner.ids.insert(id.clone());
             inner.order.push_back((now, id));
         }
     }
@@ -125,9 +126,10 @@ mod tests {
         assert!(!guard.contains("job-0"));
         assert!(!guard.contains("job-1"));
         assert!(guard.contains("job-2") && guard.contains("job-4"));
-        // Recording an id twice keeps one entry.
+        // Recording an id twice keeps one entry and evicts nothing.
         guard.record("job-4");
         assert_eq!(guard.len(), 3);
+        assert!(guard.contains("job-2") && guard.contains("job-3"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,20 +48,42 @@ pub enum LaneMsg {
 /// A vector under a lock rather than a channel: a lane takes everything that arrived with one
 /// swap per pass, and with thousands of lanes a channel's blocks were a cache miss per message
 /// (`mpsc::list::Rx::pop` alone was 4.8 % of the cost run's samples).
+///
+/// A settled batch wakes its lane only if the lane has jobs queued, which the release may let
+/// go, or is shutting down. Otherwise its [`LaneMsg::Done`] waits for the lane's next pass: when
+/// Pages are many, a lane sends its one job and has nothing left, and waking it to release that
+/// job's recipient was a third of all lane passes.
 #[derive(Default)]
 pub struct Inbox {
-    msgs: Mutex<Vec<LaneMsg>>,
-    /// Woken when a message lands in an empty inbox: a lane that has not yet taken the earlier
-    /// ones will take this one with them.
+    pending: Mutex<Pending>,
     arrived: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    msgs: Vec<LaneMsg>,
+    /// The lane was woken since it last took its messages: it will take the newer ones too.
+    woken: bool,
+    /// The lane wants to hear of settled batches at once.
+    wants_done: bool,
+}
+
+impl Pending {
+    fn wake(&mut self, arrived: &Notify) {
+        if !self.woken {
+            self.woken = true;
+            arrived.notify_one();
+        }
+    }
 }
 
 impl Inbox {
     pub fn send(&self, msg: LaneMsg) {
-        let mut msgs = self.msgs.lock().expect("not poisoned");
-        msgs.push(msg);
-        if msgs.len() == 1 {
-            self.arrived.notify_one();
+        let mut pending = self.pending.lock().expect("not poisoned");
+        let urgent = !matches!(msg, LaneMsg::Done { .. }) || pending.wants_done;
+        pending.msgs.push(msg);
+        if urgent {
+            pending.wake(&self.arrived);
         }
     }
 
@@ -69,11 +91,24 @@ impl Inbox {
     /// room and a pass allocates nothing.
     fn take(&self, into: &mut Vec<LaneMsg>) {
         debug_assert!(into.is_empty());
-        std::mem::swap(&mut *self.msgs.lock().expect("not poisoned"), into);
+        let mut pending = self.pending.lock().expect("not poisoned");
+        std::mem::swap(&mut pending.msgs, into);
+        pending.woken = false;
+    }
+
+    /// Says, before the lane waits, whether it wants settled batches to wake it. Under the
+    /// lock, so a batch settled before this call is not left waiting: a `Done` already here
+    /// wakes the lane at once.
+    fn wants_done(&self, wanted: bool) {
+        let mut pending = self.pending.lock().expect("not poisoned");
+        pending.wants_done = wanted;
+        if wanted && !pending.msgs.is_empty() {
+            pending.wake(&self.arrived);
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.msgs.lock().expect("not poisoned").is_empty()
+        self.pending.lock().expect("not poisoned").msgs.is_empty()
     }
 }
 
@@ -212,6 +247,15 @@ impl Lane {
             if wake < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(wake);
             }
+            // A lane with nothing queued learns of its settled batches on its next pass; a
+            // stopping one at once, as it may end only when they are all settled.
+            let stopping_seen = stopping.is_cancelled();
+            self.inbox
+                .wants_done(!self.queue.is_empty() || stopping_seen);
+            // Once seen, the cancellation wakes the lane only for jobs to hand back: it is ready
+            // at every poll from then on.
+            let hear_stop =
+                !self.queue.is_empty() || (self.batches_in_flight > 0 && !stopping_seen);
             tokio::select! {
                 biased;
                 () = self.inbox.arrived.notified() => {}
@@ -219,7 +263,7 @@ impl Lane {
                     self.waiting_permit = None;
                     self.permit = permit.ok();
                 }
-                () = &mut cancelled, if !self.queue.is_empty() => {}
+                () = &mut cancelled, if hear_stop => {}
                 () = &mut timer => {}
             }
             // One reading of the clock for the whole pass: the pass does not wait, and a lane
@@ -563,4 +607,61 @@ async fn wait_permit(fut: &mut Option<PermitFuture>) -> Result<OwnedSemaphorePer
 fn split_expired(batch: Vec<Box<Envelope>>) -> (Vec<Box<Envelope>>, Vec<Box<Envelope>>) {
     let now = Utc::now();
     batch.into_iter().partition(|e| !e.job.is_expired(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Whether the lane would wake now (and consumes the wake, as the lane's pass does).
+    fn woken(inbox: &Inbox) -> bool {
+        inbox.arrived.notified().now_or_never().is_some()
+    }
+
+    fn taken(inbox: &Inbox) -> usize {
+        let mut msgs = Vec::new();
+        inbox.take(&mut msgs);
+        msgs.len()
+    }
+
+    fn done() -> LaneMsg {
+        LaneMsg::Done {
+            recipients: Recipients::default(),
+        }
+    }
+
+    #[test]
+    fn a_settled_batch_wakes_its_lane_only_when_the_lane_wants_it() {
+        let inbox = Inbox::default();
+        // Nothing queued: the settled batch waits for the lane's next pass.
+        inbox.wants_done(false);
+        inbox.send(done());
+        assert!(!woken(&inbox));
+        assert!(!inbox.is_empty(), "kept for the next pass");
+        // The lane queued jobs before it waited: the batch already here wakes it.
+        inbox.wants_done(true);
+        assert!(woken(&inbox));
+        assert_eq!(taken(&inbox), 1);
+        assert!(inbox.is_empty());
+        // While it wants them, each settled batch wakes it.
+        inbox.send(done());
+        assert!(woken(&inbox));
+        assert_eq!(taken(&inbox), 1);
+    }
+
+    #[test]
+    fn other_messages_always_wake_the_lane_once_until_it_takes_them() {
+        let inbox = Inbox::default();
+        inbox.wants_done(false);
+        inbox.send(done());
+        inbox.send(LaneMsg::Forget { generation: 2 });
+        inbox.send(LaneMsg::Forget { generation: 3 });
+        assert!(woken(&inbox));
+        assert!(!woken(&inbox), "one wake for what arrived before the pass");
+        assert_eq!(taken(&inbox), 3, "the quiet settled batch comes with them");
+        inbox.send(LaneMsg::Forget { generation: 4 });
+        assert!(woken(&inbox), "a new wake after the pass took the rest");
+    }
 }
