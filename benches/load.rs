@@ -235,7 +235,17 @@ async fn scenario_cost(jobs: usize, pages: usize) -> String {
     let cpu = daemon.cpu_seconds() - cpu_before;
     let rss = daemon.peak_rss_mb();
     let batch = ops_per_batch(&sim).await;
+    // Then idle, every Page's lane still in memory until its idle time runs out: what an idle
+    // daemon costs, and how long its shutdown takes with that many lanes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lanes = daemon.metric("pagerelay_lanes").await;
+    let idle_before = daemon.cpu_seconds();
+    let idle_for = Duration::from_secs(5);
+    tokio::time::sleep(idle_for).await;
+    let idle_cpu = daemon.cpu_seconds() - idle_before;
+    let stop_started = Instant::now();
     daemon.stop();
+    let stop_took = stop_started.elapsed();
     sim.shutdown().await;
     cleanup(&prefix).await;
     format!(
@@ -243,8 +253,12 @@ async fn scenario_cost(jobs: usize, pages: usize) -> String {
          | measure | value | target |\n|---|---|---|\n\
          | CPU (user + sys) per 1,000 jobs delivered | **{:.1} ms** | ≤ 20 ms |\n\
          | peak RSS | **{rss:.0} MB** | ≤ 150 MB |\n\
-         | operations per Graph batch request | {batch:.1} | |\n",
-        cpu * 1000.0 / (jobs as f64 / 1000.0)
+         | operations per Graph batch request | {batch:.1} | |\n\
+         | idle afterwards, {lanes:.0} lanes in memory: CPU per second | {:.1} ms | |\n\
+         | then SIGTERM → exit | {} ms | |\n",
+        cpu * 1000.0 / (jobs as f64 / 1000.0),
+        idle_cpu * 1000.0 / idle_for.as_secs_f64(),
+        stop_took.as_millis()
     )
 }
 

@@ -143,6 +143,56 @@ async fn sigterm_hands_work_back_and_a_new_process_finishes_it() {
     broker::delete_topology(&prefix).await;
 }
 
+/// Lanes with nothing queued sleep until a message or their idle time: the stop must wake them,
+/// or the drain waits out its whole grace period for lanes that have nothing to hand back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_idle_lanes_without_waiting_out_the_grace() {
+    let prefix = broker::unique_prefix("idle-stop");
+    let pages = page_ids(20);
+    let sim = sim_with(&pages, 1_000_000, 5).await;
+    let config = DaemonConfig::new(&prefix, &sim.base_url())
+        .pages(&pages, 1_000_000)
+        .section(
+            "pipeline",
+            "shutdown_grace = \"5m\"\nidle_lane_ttl = \"1h\"",
+        );
+    let mut daemon = Daemon::start(config).await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    jobs::publish(&conn, &topology, &jobs::text_jobs(&pages, 200, "job")).await;
+    wait_delivered(&sim, 200, Duration::from_secs(60)).await;
+    // Settled and acked, every Page's lane stays in memory, idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while daemon
+        .metric("pagerelay_operations_total", &["outcome=\"delivered\""])
+        .await
+        < 200.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            daemon.diagnostics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.metric("pagerelay_lanes", &[]).await, 20.0);
+
+    daemon.signal(Signal::SIGTERM);
+    // Far less than the grace: only lanes that never heard of the stop could hold it that long.
+    let status = daemon.wait_exit(Duration::from_secs(60)).await;
+    let logs = daemon.logs();
+    assert!(status.success(), "exit status {status:?}; log:\n{logs}");
+    assert!(logs.contains("draining"), "the shutdown drained");
+    assert!(
+        !logs.contains("did not finish within"),
+        "the drain waited out its grace:\n{logs}"
+    );
+    for queue in topology.all_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} is not empty");
+    }
+    broker::delete_topology(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_outage_parks_and_delivery_resumes_after_it() {
     let prefix = broker::unique_prefix("outage");

@@ -16,11 +16,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use crossbeam_utils::CachePadded;
 use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, sleep_until};
 
@@ -110,12 +111,24 @@ impl Inbox {
     fn is_empty(&self) -> bool {
         self.pending.lock().expect("not poisoned").msgs.is_empty()
     }
+
+    /// Wakes the lane with no message: it makes a pass and looks at what changed.
+    fn wake(&self) {
+        self.pending
+            .lock()
+            .expect("not poisoned")
+            .wake(&self.arrived);
+    }
 }
 
 /// The lanes of the process, by Page id.
 #[derive(Default)]
 pub struct Lanes {
     map: Mutex<foldhash::HashMap<Arc<str>, Arc<Inbox>>>,
+    /// Set on shutdown: lanes start no batches, hand their jobs back and end. On a cache line
+    /// of its own: every lane reads it on every pass, and the map's lock beside it is taken
+    /// for every job routed.
+    stopping: CachePadded<AtomicBool>,
 }
 
 impl Lanes {
@@ -143,6 +156,25 @@ impl Lanes {
         for inbox in self.map.lock().expect("not poisoned").values() {
             inbox.send(msg());
         }
+    }
+
+    /// Stops every lane: each hands its queued jobs back and ends once its batches have
+    /// settled. A lane started later sees the flag on its first pass.
+    ///
+    /// Each lane is woken once, rather than each waiting on a cancellation: a lane that waits
+    /// polls the cancellation's shared lock every time, and an idle lane would otherwise hear
+    /// of the stop only at its next timer.
+    pub fn stop(&self) {
+        let map = self.map.lock().expect("not poisoned");
+        // Set before the wakes, so a lane woken by one sees it after taking its inbox.
+        self.stopping.store(true, Ordering::Release);
+        for inbox in map.values() {
+            inbox.wake();
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
@@ -179,7 +211,8 @@ impl Lanes {
 type PermitFuture =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
-/// Longest pause between two looks at a lane, so that gauges and expiries stay fresh.
+/// Longest pause between two looks at a lane with jobs, so that its gauge and its jobs'
+/// expiries stay fresh. A lane with none waits for a message or for its idle time to run out.
 const TICK: Duration = Duration::from_secs(1);
 
 /// How long a lane gathers the jobs it sheds before parking them together. A Page that sheds
@@ -232,30 +265,31 @@ impl Lane {
 
     async fn run(mut self) {
         let idle_ttl = self.shared.settings.pipeline.idle_lane_ttl;
-        let stopping = self.shared.stopping.clone();
         // Armed once and moved only when an earlier wake is wanted: a lane wakes for nearly
-        // every job, and a new timer or cancellation waiter per pass is a timer-wheel update
-        // and a waiter-list update per job. A wake that is no longer wanted is one spare pass.
+        // every job, and a new timer per pass is a timer-wheel update per job. A wake that is
+        // no longer wanted is one spare pass.
         let mut now = Instant::now();
         let timer = sleep_until(now + TICK);
-        let cancelled = stopping.clone().cancelled_owned();
-        tokio::pin!(timer, cancelled);
+        tokio::pin!(timer);
         loop {
             // `now` is the reading of the pass just made, which did not wait: a wake set from it
             // is at most that pass early, and an early wake is one spare pass.
-            let wake = self.wake_at.unwrap_or(now + TICK).min(now + TICK).max(now);
+            let wake = if self.queue.is_empty() && self.parking.is_empty() {
+                // Nothing to send, shed or expire: a message wakes the lane, or its idle time
+                // running out. With thousands of Pages a tick each was thousands of passes a
+                // second for nothing.
+                self.idle_since + idle_ttl
+            } else {
+                self.wake_at.unwrap_or(now + TICK).min(now + TICK)
+            }
+            .max(now);
             if wake < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(wake);
             }
             // A lane with nothing queued learns of its settled batches on its next pass; a
             // stopping one at once, as it may end only when they are all settled.
-            let stopping_seen = stopping.is_cancelled();
-            self.inbox
-                .wants_done(!self.queue.is_empty() || stopping_seen);
-            // Once seen, the cancellation wakes the lane only for jobs to hand back: it is ready
-            // at every poll from then on.
-            let hear_stop =
-                !self.queue.is_empty() || (self.batches_in_flight > 0 && !stopping_seen);
+            let stopping = self.shared.lanes.stopping();
+            self.inbox.wants_done(!self.queue.is_empty() || stopping);
             tokio::select! {
                 biased;
                 () = self.inbox.arrived.notified() => {}
@@ -263,7 +297,6 @@ impl Lane {
                     self.waiting_permit = None;
                     self.permit = permit.ok();
                 }
-                () = &mut cancelled, if hear_stop => {}
                 () = &mut timer => {}
             }
             // One reading of the clock for the whole pass: the pass does not wait, and a lane
@@ -277,7 +310,7 @@ impl Lane {
                 self.handle(msg, now);
             }
             self.arrived = arrived;
-            if stopping.is_cancelled() {
+            if self.shared.lanes.stopping() {
                 // Boxed: a lane's task holds its largest await point inline for its whole life,
                 // and the hand-back's parking future is large; every lane would pay for the one
                 // shutdown.
@@ -341,8 +374,12 @@ impl Lane {
     /// Parks what does not fit and starts the batches that may go.
     fn step(&mut self, now: Instant) {
         self.wake_at = None;
-        // A lane wakes for every settled batch, mostly to an empty queue: nothing to shed or send.
         if self.queue.is_empty() {
+            // A lost connection's jobs were dropped while the lane waited for the ceiling or a
+            // permit: with nothing to send, an in-flight permit goes back to the Pages that
+            // have something.
+            self.permit = None;
+            self.waiting_permit = None;
             return;
         }
         let shared = self.shared.clone();
@@ -649,6 +686,33 @@ mod tests {
         inbox.send(done());
         assert!(woken(&inbox));
         assert_eq!(taken(&inbox), 1);
+    }
+
+    #[test]
+    fn stopping_wakes_every_lane_once_without_a_message() {
+        let lanes = Lanes::default();
+        let inboxes: Vec<Arc<Inbox>> = (0..3).map(|_| Arc::new(Inbox::default())).collect();
+        for (i, inbox) in inboxes.iter().enumerate() {
+            inbox.wants_done(false);
+            lanes
+                .map
+                .lock()
+                .unwrap()
+                .insert(format!("page-{i}").into(), inbox.clone());
+        }
+        assert!(!lanes.stopping());
+        assert!(inboxes.iter().all(|i| !woken(i)), "idle lanes sleep");
+        lanes.stop();
+        assert!(lanes.stopping());
+        for inbox in &inboxes {
+            assert!(woken(inbox), "every lane hears of the stop");
+            assert!(!woken(inbox), "once");
+            assert_eq!(
+                taken(inbox),
+                0,
+                "no message to take: the lane reads the flag"
+            );
+        }
     }
 
     #[test]

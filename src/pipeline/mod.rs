@@ -44,7 +44,6 @@ use lapin::message::Delivery;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
 use crate::amqp::headers::{DeadLetterReason, JobState};
@@ -80,8 +79,6 @@ pub struct Shared {
     pub lanes: Lanes,
     /// Packs the lanes' batches into Graph requests.
     pub combiner: Combiner,
-    /// Cancelled on shutdown: lanes stop starting batches.
-    pub stopping: CancellationToken,
     pub meters: Meters,
 }
 

@@ -91,7 +91,6 @@ pub async fn run(
         in_flight: Arc::new(Semaphore::new(settings.graph.max_in_flight)),
         bundled_room: Arc::new(Semaphore::new(bundled_room(&settings))),
         lanes: Lanes::default(),
-        stopping: CancellationToken::new(),
         meters: Meters::register(),
         registry: registry.clone(),
         health: health.clone(),
@@ -160,7 +159,7 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
     let mut generation = 0u64;
     loop {
         if shutdown.is_cancelled() {
-            shared.stopping.cancel();
+            shared.lanes.stop();
             return;
         }
         generation += 1;
@@ -270,7 +269,7 @@ async fn drain(shared: &Arc<Shared>) {
         lanes = shared.lanes.len(),
         "draining"
     );
-    shared.stopping.cancel();
+    shared.lanes.stop();
     let all = shared.settings.graph.max_in_flight as u32;
     let drained = async {
         // Every batch holds a permit until it has settled: all permits back means none in flight.
