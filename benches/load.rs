@@ -13,7 +13,8 @@
 //!   same run, `ceiling`: a bare lapin consumer draining the same backlog with the same
 //!   prefetch, acking each delivery — the most any consumer could do here.
 //! - `cost`: CPU seconds (user + sys) per 1,000 jobs delivered and peak RSS, at prefetch 10,000
-//!   with 10,000 distinct Pages.
+//!   with 10,000 distinct Pages; then the idle daemon's CPU per second with those lanes in
+//!   memory, and the time from SIGTERM to exit.
 //! - `precision`: one Page, a backlog of 20,000, ceiling 250/s, simulator limit 300/s: the rate
 //!   achieved over 60 s and the number of 613s.
 //! - `latency`: publish → simulator arrival at 20 % of the measured throughput (or of 5,000/s).
