@@ -274,7 +274,7 @@ impl Lane {
         loop {
             // `now` is the reading of the pass just made, which did not wait: a wake set from it
             // is at most that pass early, and an early wake is one spare pass.
-            let wake = if self.queue.is_empty() && self.parking.is_empty() {
+            let wake = if !self.holds_jobs() {
                 // Nothing to send, shed or expire: a message wakes the lane, or its idle time
                 // running out. With thousands of Pages a tick each was thousands of passes a
                 // second for nothing.
@@ -329,7 +329,7 @@ impl Lane {
             self.page
                 .lane_depth
                 .store(self.queue.len(), Ordering::Relaxed);
-            if self.queue.is_empty() && self.parking.is_empty() && self.batches_in_flight == 0 {
+            if !self.holds_jobs() && self.batches_in_flight == 0 {
                 if now.saturating_duration_since(self.idle_since) >= idle_ttl
                     && self.shared.lanes.remove_if_idle(&self.page.id, &self.inbox)
                 {
@@ -340,6 +340,11 @@ impl Lane {
             }
         }
         self.page.lane_depth.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the lane has jobs of its own: queued, or shed and waiting to be parked.
+    fn holds_jobs(&self) -> bool {
+        !self.queue.is_empty() || !self.parking.is_empty()
     }
 
     fn handle(&mut self, msg: LaneMsg, now: Instant) {
