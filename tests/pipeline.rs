@@ -532,3 +532,62 @@ async fn a_throttled_page_cools_down_without_spending_attempts() {
     drop(daemon);
     broker::delete_topology(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_after_a_quiet_spell_is_still_acknowledged() {
+    // An idle channel's ack flusher sleeps until a settlement wakes it. Were that wake lost, the
+    // job would be delivered but never acknowledged until the channel closed.
+    let prefix = broker::unique_prefix("ack-after-quiet");
+    let pages = page_ids(1);
+    let sim = sim_with(&pages, 100_000).await;
+    let mut daemon =
+        Daemon::start(DaemonConfig::new(&prefix, &sim.base_url()).pages(&pages, 100_000)).await;
+    let conn = broker::connect().await;
+    let topology = daemon.topology();
+    let client = sim.client();
+    let acked = || async {
+        daemon
+            .metric("pagerelay_amqp_ack_frames_total", &[])
+            .await
+            .max(0.0)
+    };
+
+    for round in 1..=3u32 {
+        let job = jobs::text_job(&pages[0], "7000001", &format!("quiet-{round}"));
+        jobs::publish(&conn, &topology, &[job]).await;
+        wait_for(
+            &format!("delivery {round}"),
+            Duration::from_secs(30),
+            || async {
+                let stats = client.stats().await.ok()?;
+                (stats.totals.delivered >= u64::from(round)).then_some(())
+            },
+        )
+        .await;
+        // One frame per job: each is alone in its flush.
+        wait_for(&format!("ack {round}"), Duration::from_secs(30), || async {
+            (acked().await >= f64::from(round)).then_some(())
+        })
+        .await;
+        // Long past the flusher's tick and the ack hold: it is asleep when the next job comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(acked().await, 3.0, "one frame per job, no more");
+    assert_eq!(
+        daemon
+            .metric("pagerelay_operations_total", &["outcome=\"delivered\""])
+            .await,
+        3.0
+    );
+    // Acknowledged before the stop, so the stop hands nothing back.
+    assert!(daemon.stop().await.success());
+    for queue in topology.job_queues() {
+        assert_eq!(jobs::depth(&conn, &queue).await, 0, "{queue} got jobs back");
+    }
+    assert_eq!(
+        delivered(&sim).await.values().sum::<usize>(),
+        3,
+        "each job delivered once"
+    );
+    broker::delete_topology(&prefix).await;
+}

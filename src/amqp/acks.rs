@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,9 @@ pub struct Frames {
     pub through_count: usize,
     /// `basic.ack` for one tag each.
     pub acks: Vec<u64>,
+    /// Settled deliveries left waiting behind an unsettled one: a later flush sends them once
+    /// their hold runs out, whether or not anything else is settled meanwhile.
+    pub held: usize,
 }
 
 impl Frames {
@@ -203,11 +207,13 @@ impl AckWindow {
         // Behind an unsettled delivery: alone, once they have waited long enough.
         let hold = if force { Duration::ZERO } else { self.hold };
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            if let Slot::Ack(since) = *slot
-                && now.saturating_duration_since(since) >= hold
-            {
-                frames.acks.push(self.base + i as u64);
-                *slot = Slot::Sent;
+            if let Slot::Ack(since) = *slot {
+                if now.saturating_duration_since(since) >= hold {
+                    frames.acks.push(self.base + i as u64);
+                    *slot = Slot::Sent;
+                } else {
+                    frames.held += 1;
+                }
             }
         }
 
@@ -232,13 +238,20 @@ struct Inner {
     /// False once the channel failed or was finished: settlements are void, the broker
     /// redelivers whatever was not acknowledged.
     open: AtomicBool,
+    /// Set by the flusher, under the window's lock, when a tick found nothing to send and nothing
+    /// held: it then sleeps until the next settlement instead of ticking, where an idle channel
+    /// would wake a worker 100 to 1,000 times a second. Cleared, under the same lock, by the
+    /// settlement that wakes it.
+    asleep: AtomicBool,
+    settled: Notify,
 }
 
 /// The task that sends a channel's frames; [`Flusher::finish`] sends the last ones.
 #[derive(Debug)]
 pub struct Flusher {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Returns when it last handed a frame to the channel.
+    task: JoinHandle<Option<Instant>>,
 }
 
 impl Acks {
@@ -249,6 +262,8 @@ impl Acks {
             inner: Arc::new(Inner {
                 window: Mutex::new(AckWindow::new(hold)),
                 open: AtomicBool::new(true),
+                asleep: AtomicBool::new(false),
+                settled: Notify::new(),
             }),
         };
         let stop = CancellationToken::new();
@@ -300,6 +315,10 @@ impl Acks {
             return false;
         }
         window.settled(tag, ack, Instant::now());
+        // Relaxed: the flag is only read and written under the window's lock.
+        if self.inner.asleep.swap(false, Ordering::Relaxed) {
+            self.inner.settled.notify_one();
+        }
         true
     }
 
@@ -311,9 +330,14 @@ impl Acks {
 impl Flusher {
     /// Sends every settled delivery's frame now and stops. Deliveries still unsettled stay
     /// unacknowledged: closing the channel hands them back.
-    pub async fn finish(mut self) {
+    ///
+    /// Returns when the last frame was handed to the channel, if one ever was; a flusher that
+    /// panicked counts as having sent one just now.
+    pub async fn finish(mut self) -> Option<Instant> {
         self.stop.cancel();
-        let _ = (&mut self.task).await;
+        (&mut self.task)
+            .await
+            .unwrap_or_else(|_| Some(Instant::now()))
     }
 }
 
@@ -324,31 +348,54 @@ impl Drop for Flusher {
     }
 }
 
-async fn flush_loop(acks: Acks, channel: Channel, tick: Duration, stop: CancellationToken) {
+async fn flush_loop(
+    acks: Acks,
+    channel: Channel,
+    tick: Duration,
+    stop: CancellationToken,
+) -> Option<Instant> {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sent = None;
+    let mut asleep = false;
     loop {
         let force = tokio::select! {
             biased;
             _ = stop.cancelled() => true,
-            _ = interval.tick() => false,
+            _ = acks.inner.settled.notified(), if asleep => {
+                // Flush a tick from now, so that the settlements around this one share its
+                // frame, rather than at the stale tick the interval would fire at once.
+                asleep = false;
+                interval.reset();
+                continue;
+            }
+            _ = interval.tick(), if !asleep => false,
         };
         let frames = {
             let mut window = acks.window();
             if force {
                 acks.close();
             }
-            window.flush(Instant::now(), force)
+            let frames = window.flush(Instant::now(), force);
+            // A tick that found nothing to send and nothing held: nothing will be due before the
+            // next settlement, which wakes us. A busy channel sends something every tick and so
+            // keeps ticking, its settlements never paying for a wake.
+            asleep = frames.is_empty() && frames.held == 0;
+            acks.inner.asleep.store(asleep, Ordering::Relaxed);
+            frames
         };
+        if !frames.is_empty() {
+            last_sent = Some(Instant::now());
+        }
         if let Err(e) = send(&channel, &frames).await {
             tracing::debug!(error = %e, "acknowledgements failed; the broker redelivers the jobs");
             let lost = frames.requeues.len() + frames.through_count + frames.acks.len();
             metrics::counter!(telemetry::SETTLE_FAILURES, "step" => "ack").increment(lost as u64);
             acks.close();
-            return;
+            return last_sent;
         }
         if force {
-            return;
+            return last_sent;
         }
     }
 }
@@ -460,21 +507,33 @@ mod tests {
         let mut w = window(1..=4);
         w.settled(2, true, t0);
         w.settled(4, true, ms(t0, 5));
-        assert!(
-            w.flush(ms(t0, 19), false).is_empty(),
-            "tag 1 may still settle"
-        );
+        let frames = w.flush(ms(t0, 19), false);
+        assert!(frames.is_empty(), "tag 1 may still settle");
+        assert_eq!(frames.held, 2, "2 and 4 wait for their hold");
         // Tag 2 has waited the hold; tag 4 has not.
         let frames = w.flush(ms(t0, 20), false);
         assert_eq!(frames.acks, vec![2]);
         assert_eq!(frames.ack_through, None);
+        assert_eq!(frames.held, 1, "4 still waits");
         // Tag 1 settles: 1 is the whole run (2 is sent), so a single ack, then 3 and 4 can run.
         w.settled(1, true, ms(t0, 21));
         w.settled(3, true, ms(t0, 21));
         let frames = w.flush(ms(t0, 22), false);
         assert_eq!(frames.ack_through, Some(4));
         assert_eq!(frames.through_count, 3, "1, 3 and 4; 2 was acked alone");
+        assert_eq!(frames.held, 0);
         assert_eq!(w.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_window_of_unsettled_deliveries_holds_nothing_for_a_later_flush() {
+        // What lets the flusher sleep until the next settlement: nothing is due before one.
+        let t0 = Instant::now();
+        let mut w = window(1..=3);
+        let frames = w.flush(ms(t0, 100), false);
+        assert!(frames.is_empty());
+        assert_eq!(frames.held, 0);
+        assert_eq!(w.outstanding(), 3);
     }
 
     #[test]

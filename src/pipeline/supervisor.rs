@@ -223,10 +223,12 @@ async fn sessions(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 shared.health.consuming.store(false, Ordering::Relaxed);
                 metrics::gauge!(telemetry::READY).set(0.0);
                 drain(shared).await;
-                flusher.finish().await;
                 // Quorum queues can drop acks that arrive just before their channel closes
-                // (rabbitmq-server#10327): the jobs would come back and be sent again.
-                tokio::time::sleep(ACK_SETTLE).await;
+                // (rabbitmq-server#10327): the jobs would come back and be sent again. Only the
+                // last frames need that time; a daemon idle for longer closes at once.
+                if let Some(last_frame) = flusher.finish().await {
+                    tokio::time::sleep_until(last_frame + ACK_SETTLE).await;
+                }
                 let _ = channel.close(200, "pagerelay shutting down".into()).await;
                 session.close().await;
                 shared.health.set_down();
