@@ -256,7 +256,8 @@ pub struct Flusher {
 
 impl Acks {
     /// Starts the flusher of `channel`: every `hold / 4` (1 to 10 ms) it sends what the window
-    /// allows.
+    /// allows, and after a tick with nothing to send or hold it sleeps until the next
+    /// settlement.
     pub fn start(channel: Channel, hold: Duration) -> (Acks, Flusher) {
         let acks = Acks {
             inner: Arc::new(Inner {
@@ -315,8 +316,10 @@ impl Acks {
             return false;
         }
         window.settled(tag, ack, Instant::now());
-        // Relaxed: the flag is only read and written under the window's lock.
-        if self.inner.asleep.swap(false, Ordering::Relaxed) {
+        // Relaxed: the flag is only read and written under the window's lock. A load, not a
+        // swap: on a busy channel it is always false, and a read costs no locked instruction.
+        if self.inner.asleep.load(Ordering::Relaxed) {
+            self.inner.asleep.store(false, Ordering::Relaxed);
             self.inner.settled.notify_one();
         }
         true
