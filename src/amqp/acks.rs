@@ -387,15 +387,15 @@ async fn flush_loop(
             acks.inner.asleep.store(asleep, Ordering::Relaxed);
             frames
         };
-        if !frames.is_empty() {
-            last_sent = Some(Instant::now());
-        }
         if let Err(e) = send(&channel, &frames).await {
             tracing::debug!(error = %e, "acknowledgements failed; the broker redelivers the jobs");
             let lost = frames.requeues.len() + frames.through_count + frames.acks.len();
             metrics::counter!(telemetry::SETTLE_FAILURES, "step" => "ack").increment(lost as u64);
             acks.close();
             return last_sent;
+        }
+        if !frames.is_empty() {
+            last_sent = Some(Instant::now());
         }
         if force {
             return last_sent;
